@@ -1,0 +1,1 @@
+"""The two-stage HourNAS search: vital blocks first, then the bulb."""

@@ -1,0 +1,95 @@
+"""Typed schema of a search run (``config/search/*.yaml``), loaded by ``src.config``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from src.config import Size
+from src.data import DataConfig
+from src.errors import HourNASError
+
+SAMPLERS = ("gumbel_max", "gumbel_softmax", "softmax")
+EXECUTORS = ("auto", "eager", "graph")
+
+
+@dataclass
+class ProposalConfig:
+    """Space proposals (Eqs. 5-9): m proposals solved for the resource targets."""
+
+    m: int = 8
+    iterations: int = 1000
+    beta: float = 1e-2
+    lr: float = 0.1
+    sampler: str = "gumbel_softmax"
+    tau: float = 1.0
+    seed: int = 0
+    targets: dict[str, Size] = field(default_factory=lambda: {"params": 4.8e6, "flops": 295e6})
+    latency_table: str | None = None
+    report_samples: int = 10000
+    report_taus: list[float] = field(default_factory=lambda: [5.0, 1.0, 0.5, 0.1])
+
+    def validate(self) -> None:
+        if self.m < 1 or self.iterations < 1 or self.report_samples < 1:
+            raise HourNASError("proposal.m, proposal.iterations and proposal.report_samples "
+                               "must be >= 1")
+        if self.sampler not in SAMPLERS:
+            raise HourNASError(f"unknown proposal.sampler '{self.sampler}'; valid: "
+                               f"{', '.join(SAMPLERS)}")
+        if not self.targets:
+            raise HourNASError("proposal.targets is empty; give at least one, e.g. params: 4.8M")
+
+
+@dataclass
+class SearchParams:
+    """Algorithm 1: bilevel search of the vital layers, then of the non-vital ones."""
+
+    epochs_vital: int = 1
+    epochs_nvital: int = 1
+    steps_per_epoch: int | None = None  # cap per epoch (tiny runs); None = the whole split
+    batch_size: int = 64
+    w_lr: float = 0.1
+    w_momentum: float = 0.9
+    w_weight_decay: float = 4e-5
+    arch_lr: float = 0.01
+    arch_weight_decay: float = 0.0
+    tau: float = 5.0
+    tau_decay: float = 0.9999
+    tau_min: float = 0.0
+    alpha: float = 5.0
+    sampler: str = "gumbel_max"
+    executor: str = "auto"
+    vital_priori: bool = True
+    val_fraction: float = 0.2
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 50
+    beam: int = 256
+    tolerance: float = 0.02
+
+    def validate(self) -> None:
+        if self.epochs_vital < 0 or self.epochs_nvital < 1:
+            raise HourNASError("search.epochs_vital must be >= 0 and search.epochs_nvital >= 1")
+        if self.batch_size < 1:
+            raise HourNASError(f"search.batch_size must be >= 1, got {self.batch_size}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise HourNASError("search.steps_per_epoch must be >= 1 or null")
+        if self.sampler not in SAMPLERS:
+            raise HourNASError(f"unknown search.sampler '{self.sampler}'; valid: "
+                               f"{', '.join(SAMPLERS)}")
+        if self.executor not in EXECUTORS:
+            raise HourNASError(f"unknown search.executor '{self.executor}'; valid: "
+                               f"{', '.join(EXECUTORS)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise HourNASError("search.val_fraction must be in (0, 1)")
+        if not 0.0 < self.tau_decay <= 1.0 or self.tau <= 0:
+            raise HourNASError("search.tau must be > 0 and search.tau_decay in (0, 1]")
+
+
+@dataclass
+class SearchConfig:
+    space: str = "fbnet_cifar10"
+    width_mult: float = 1.0
+    data: DataConfig = field(default_factory=DataConfig)
+    search: SearchParams = field(default_factory=SearchParams)
+    proposal: ProposalConfig = field(default_factory=ProposalConfig)
+    output_dir: str = "runs/search"
+    device_target: str = "CPU"
