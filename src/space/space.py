@@ -367,5 +367,14 @@ def load_arch(path: str) -> Arch:
 
 
 def arch_to_yaml(arch: Arch) -> str:
+    """The record as YAML: small mappings inline, one block string per line."""
     import yaml
-    return yaml.safe_dump(arch.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+    out = []
+    for key, value in arch.to_dict().items():
+        if key == "blocks":
+            out.append("blocks:\n" + "".join(f"  - {b}\n" for b in value))
+        else:
+            flow = None if isinstance(value, (dict, list)) else False
+            out.append(yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=flow,
+                                      width=100))
+    return "".join(out)
