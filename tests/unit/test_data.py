@@ -1,0 +1,216 @@
+"""src/data.py: host-decided order, splits, shards, digits, CIFAR-10 and ImageNet checks."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from src.data import (CIFAR_RECORD, CIFAR_TEST_FILES, CIFAR_TRAIN_FILES, DataConfig, dataset_info,
+                      make_dataset, sample_order, search_split)
+from src.errors import DataError, HourNASError
+
+
+def batches(data):
+    return [(x.copy(), y.copy()) for x, y in data.create_tuple_iterator(output_numpy=True)]
+
+
+# ----------------------------------------------------------------------------- config
+
+def test_unknown_dataset_lists_valid_ones():
+    with pytest.raises(HourNASError, match="unknown dataset 'mnist'; valid: digits, cifar10, imagenet"):
+        DataConfig(name="mnist").validate()
+
+
+def test_cifar_without_path_is_an_error():
+    with pytest.raises(HourNASError, match="needs data.path"):
+        dataset_info(DataConfig(name="cifar10"))
+
+
+# ----------------------------------------------------------------------------- order
+
+def test_sample_order_shuffle_is_seeded_per_epoch():
+    idx = np.arange(100)
+    a = sample_order(idx, shuffle=True, seed=1, epoch=0)
+    assert np.array_equal(a, sample_order(idx, shuffle=True, seed=1, epoch=0))
+    assert not np.array_equal(a, sample_order(idx, shuffle=True, seed=1, epoch=1))
+    assert not np.array_equal(a, sample_order(idx, shuffle=True, seed=2, epoch=0))
+    assert sorted(a.tolist()) == list(range(100))
+    assert np.array_equal(sample_order(idx), idx)
+
+
+@pytest.mark.parametrize("n,size", [(100, 4), (103, 4), (7, 7)])
+def test_shards_are_disjoint_equal_and_cover(n, size):
+    idx = np.arange(n) * 3
+    order = sample_order(idx, shuffle=True, seed=5, epoch=2)
+    parts = [sample_order(idx, shuffle=True, seed=5, epoch=2, shard=(r, size)) for r in range(size)]
+    assert len({len(p) for p in parts}) == 1
+    joined = np.concatenate(parts)
+    assert len(set(joined.tolist())) == len(joined)            # disjoint
+    assert np.array_equal(joined, order[:len(joined)])        # cover all but n % size
+    assert len(joined) == n - n % size
+
+
+def test_bad_shard_is_an_error():
+    with pytest.raises(HourNASError, match="rank < size"):
+        sample_order(np.arange(10), shard=(2, 2))
+
+
+def test_search_split_is_deterministic_disjoint_and_covering():
+    cfg = DataConfig(image_size=16)
+    w, a = search_split(cfg, 0.2, seed=0)
+    w2, a2 = search_split(cfg, 0.2, seed=0)
+    assert np.array_equal(w, w2) and np.array_equal(a, a2)
+    n = dataset_info(cfg).train_size
+    assert len(a) == round(n * 0.2) and len(w) + len(a) == n
+    assert not set(w.tolist()) & set(a.tolist())
+    w3, _ = search_split(cfg, 0.2, seed=1)
+    assert not np.array_equal(w, w3)
+
+
+# ----------------------------------------------------------------------------- digits
+
+def test_digits_columns_and_every_eval_image():
+    cfg = DataConfig(image_size=16)
+    info = dataset_info(cfg)
+    assert (info.num_classes, info.train_size, info.eval_size) == (10, 1437, 360)
+    got = batches(make_dataset(cfg, "eval", 64))
+    assert got[0][0].shape == (64, 3, 16, 16) and got[0][0].dtype == np.float32
+    assert got[0][1].dtype == np.int32
+    assert sum(len(y) for _, y in got) == 360 and len(got[-1][1]) == 360 - 5 * 64
+    with pytest.raises(HourNASError, match="never drops"):
+        make_dataset(cfg, "eval", 64, drop_remainder=True)
+
+
+def test_subset_sampler_keeps_the_host_order():
+    cfg = DataConfig(image_size=16)
+    full = np.concatenate([y for _, y in batches(make_dataset(cfg, "train", 1000))])
+    idx = np.array([17, 3, 900, 3, 41])
+    got = np.concatenate([y for _, y in batches(make_dataset(cfg, "train", 2, indices=idx))])
+    assert np.array_equal(got, full[idx])
+
+
+def test_digits_augmentation_reproducible_and_resumable():
+    cfg = DataConfig(image_size=16, cutout=4)
+    kw = dict(augment=True, shuffle=True, seed=7, epoch=3, drop_remainder=True)
+    a = batches(make_dataset(cfg, "train", 32, **kw))
+    b = batches(make_dataset(cfg, "train", 32, **kw))
+    assert len(a) == 1437 // 32
+    assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+    plain = batches(make_dataset(cfg, "train", 32, **{**kw, "augment": False}))
+    assert not np.array_equal(a[0][0], plain[0][0])              # augmentation does something
+    assert np.array_equal(a[0][1], plain[0][1])                   # and keeps the order
+    other = batches(make_dataset(cfg, "train", 32, **{**kw, "epoch": 4}))
+    assert not np.array_equal(a[0][1], other[0][1])
+    resumed = batches(make_dataset(cfg, "train", 32, start_batch=5, **kw))
+    assert len(resumed) == len(a) - 5
+    assert all(np.array_equal(x[0], y[0]) for x, y in zip(a[5:], resumed))
+
+
+def test_start_batch_past_the_end_is_an_error():
+    with pytest.raises(HourNASError, match="past the end"):
+        make_dataset(DataConfig(image_size=16), "eval", 100, start_batch=4)
+
+
+# ----------------------------------------------------------------------------- CIFAR-10
+
+def write_cifar(folder, labels_of=lambda f, i: (i + f) % 10):
+    """10,000 random records per file (Cifar10Dataset reads exactly that many)."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for fi, name in enumerate(CIFAR_TRAIN_FILES + CIFAR_TEST_FILES):
+        rec = rng.integers(0, 256, size=(10000, CIFAR_RECORD), dtype=np.uint8)
+        rec[:, 0] = labels_of(fi, np.arange(10000))
+        rec.tofile(os.path.join(folder, name))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    return write_cifar(str(tmp_path_factory.mktemp("cifar")))
+
+
+def test_cifar_fixture_reads_in_host_order(cifar_dir):
+    cfg = DataConfig(name="cifar10", path=cifar_dir, num_workers=2)
+    info = dataset_info(cfg)
+    assert (info.num_classes, info.train_size, info.eval_size) == (10, 50000, 10000)
+    idx = np.array([10005, 3, 49999, 20001])
+    got = batches(make_dataset(cfg, "train", 4, indices=idx))
+    assert got[0][0].shape == (4, 3, 32, 32) and got[0][0].dtype == np.float32
+    assert got[0][1].dtype == np.int32
+    expect = [(i % 10000 + i // 10000) % 10 for i in idx]      # label of file f, record r
+    assert got[0][1].tolist() == expect
+
+
+def test_cifar_augmentation_reproducible(cifar_dir):
+    cfg = DataConfig(name="cifar10", path=cifar_dir, cutout=16, num_workers=2)
+    kw = dict(indices=np.arange(600), augment=True, shuffle=True, seed=1, epoch=2,
+              drop_remainder=True)
+    a = batches(make_dataset(cfg, "train", 100, **kw))
+    b = batches(make_dataset(cfg, "train", 100, **kw))
+    assert len(a) == 6
+    assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+    c = batches(make_dataset(cfg, "train", 100, **{**kw, "epoch": 3}))
+    assert not np.array_equal(a[0][0], c[0][0])
+
+
+def test_cifar_truncated_bin_is_a_clear_error(tmp_path):
+    folder = write_cifar(str(tmp_path / "c"))
+    path = os.path.join(folder, "data_batch_3.bin")
+    with open(path, "r+b") as fh:
+        fh.truncate(CIFAR_RECORD * 9999)
+    with pytest.raises(DataError, match=r"data_batch_3.bin' has 30726927 bytes; expected 30730000"):
+        dataset_info(DataConfig(name="cifar10", path=folder))
+
+
+def test_cifar_missing_files_named(tmp_path):
+    (tmp_path / "test_batch.bin").write_bytes(b"")
+    with pytest.raises(DataError, match="lacks data_batch_1.bin"):
+        dataset_info(DataConfig(name="cifar10", path=str(tmp_path)))
+
+
+# ----------------------------------------------------------------------------- ImageNet
+
+def write_imagenet(root, classes=("a", "b", "c"), per_class=(3, 2)):
+    import cv2
+    rng = np.random.default_rng(0)
+    for sub, n in zip(("train", "val"), per_class):
+        for c in classes:
+            os.makedirs(os.path.join(root, sub, c), exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 256, size=(40 + 7 * i, 50, 3), dtype=np.uint8)
+                cv2.imwrite(os.path.join(root, sub, c, f"{c}_{i}.JPEG"), img)
+    return root
+
+
+def test_imagenet_folder_reads(tmp_path):
+    root = write_imagenet(str(tmp_path / "in"))
+    cfg = DataConfig(name="imagenet", path=root, image_size=32, num_workers=1)
+    info = dataset_info(cfg)
+    assert (info.num_classes, info.train_size, info.eval_size) == (3, 9, 6)
+    ev = batches(make_dataset(cfg, "eval", 4))
+    assert sum(len(y) for _, y in ev) == 6 and ev[0][0].shape == (4, 3, 32, 32)
+    assert sorted(np.concatenate([y for _, y in ev]).tolist()) == [0, 0, 1, 1, 2, 2]
+    tr = batches(make_dataset(cfg, "train", 3, augment=True, shuffle=True, seed=0))
+    assert sum(len(y) for _, y in tr) == 9 and tr[0][0].shape == (3, 3, 32, 32)
+
+
+def test_imagenet_without_classes_is_a_clear_error(tmp_path):
+    os.makedirs(tmp_path / "in" / "train")
+    os.makedirs(tmp_path / "in" / "val")
+    with pytest.raises(DataError, match=r"in/train' holds no class folders"):
+        dataset_info(DataConfig(name="imagenet", path=str(tmp_path / "in")))
+
+
+def test_imagenet_unreadable_image_is_a_clear_error(tmp_path):
+    root = write_imagenet(str(tmp_path / "in"))
+    bad = os.path.join(root, "val", "b", "b_1.JPEG")
+    with open(bad, "wb") as fh:
+        fh.write(b"not a jpeg")
+    with pytest.raises(DataError, match=r"b_1.JPEG' cannot be decoded"):
+        dataset_info(DataConfig(name="imagenet", path=root))
+
+
+def test_imagenet_missing_folder(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        dataset_info(DataConfig(name="imagenet", path=str(tmp_path / "nope")))
