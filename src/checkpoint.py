@@ -1,0 +1,297 @@
+"""The one place that writes and reads checkpoints (and writes files atomically).
+
+A checkpoint is a MindSpore ``.ckpt`` file holding the parameters plus one
+string entry ``__extra_json__`` with the caller's ``extra`` dict (step, RNG
+state, config, ...) as JSON, so every value comes back with its Python type.
+No pickle. MindSpore is imported lazily so that ``atomic_write*`` (used by
+``src.config``) stay cheap to import.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from src.errors import CheckpointError
+
+EXTRA_KEY = "__extra_json__"
+HEADER_KEY = "__hournas_format__"
+_FORMAT = "hournas-ckpt"
+_VERSION = 1
+_NDARRAY = "__ndarray__"
+_TUPLE = "__tuple__"
+_SHOW = 3  # names listed per category in mismatch messages
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, write_fn: Callable[[str], Any]) -> str:
+    """Write ``path`` atomically: ``write_fn(tmp_path)`` writes a temp file in the same
+    directory (same extension, so tools that append one do not), which is fsynced and
+    renamed over ``path``. On any exception the temp file is removed and ``path`` is
+    left as it was. Returns ``path``."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    if not base:
+        raise CheckpointError(f"cannot write '{path}': it names a directory, not a file")
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot create output directory '{directory}': {e.strerror or e}") from e
+    stem, ext = os.path.splitext(base)
+    prefix = os.path.join(directory, f".{stem}.{secrets.token_hex(4)}.tmp")
+    tmp = prefix + ext
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        os.close(fd)
+    except OSError as e:
+        raise CheckpointError(
+            f"output directory '{directory}' is not writable ({e.strerror or e}); "
+            f"choose another output directory") from e
+    try:
+        write_fn(tmp)
+        if not os.path.isfile(tmp):
+            raise CheckpointError(f"writing '{path}' failed: the writer did not create '{tmp}'")
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # ms.save_checkpoint leaves files read-only (0400)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        for leftover in (tmp, prefix + ".tmp"):  # ms.save_checkpoint's own x.tmp.tmp
+            try:
+                os.remove(leftover)
+            except OSError:
+                pass
+        raise
+    _fsync_dir(directory)
+    return path
+
+
+def atomic_write_bytes(path: str, data: bytes) -> str:
+    """Atomically replace ``path`` with ``data``."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return atomic_write(path, write)
+
+
+def atomic_write_text(path: str, text: str, encoding: str = "utf-8") -> str:
+    """Atomically replace ``path`` with ``text``."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+# ----------------------------------------------------------------------------- extra <-> JSON
+
+def _encode(value: Any, where: str) -> Any:
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            raise CheckpointError(f"checkpoint extra '{where}' is an object array; "
+                                  f"valid: numeric or bool numpy arrays")
+        return {_NDARRAY: {"dtype": value.dtype.str, "shape": list(value.shape),
+                           "data": value.ravel().tolist()}}
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise CheckpointError(f"checkpoint extra '{where}' has a {type(k).__name__} key {k!r}; "
+                                      f"keys must be strings")
+            out[k] = _encode(v, f"{where}.{k}")
+        return out
+    if isinstance(value, tuple):
+        return {_TUPLE: [_encode(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise CheckpointError(f"checkpoint extra '{where}' has type {type(value).__name__}; valid: int, float, "
+                          f"bool, str, None, numpy arrays/scalars, and lists/tuples/dicts of these")
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if isinstance(value, dict):
+        if len(value) == 1 and _NDARRAY in value:
+            spec = value[_NDARRAY]
+            return np.array(spec["data"], dtype=np.dtype(spec["dtype"])).reshape(spec["shape"])
+        if len(value) == 1 and _TUPLE in value:
+            return tuple(_decode(v) for v in value[_TUPLE])
+        return {k: _decode(v) for k, v in value.items()}
+    return value
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def _check_suffix(path: str) -> None:
+    if not path.endswith(".ckpt"):
+        raise CheckpointError(f"checkpoint path '{path}' must end with '.ckpt' (MindSpore reads no other name)")
+
+
+def _param_list(params: Any) -> list[dict]:
+    """Normalise a Cell / list of Parameters / name->value dict to ms's list form."""
+    import mindspore as ms
+    from mindspore import nn
+
+    if isinstance(params, nn.Cell):
+        items = list(params.parameters_and_names())
+        items = [(p.name, p) for _, p in items]
+    elif isinstance(params, Mapping):
+        items = list(params.items())
+    elif isinstance(params, (list, tuple)):
+        items = []
+        for p in params:
+            if not isinstance(p, ms.Parameter):
+                raise CheckpointError(f"save_checkpoint got a list containing {type(p).__name__}; "
+                                      f"a list must hold Parameters (or pass a dict name -> value)")
+            items.append((p.name, p))
+    else:
+        raise CheckpointError(f"save_checkpoint cannot save a {type(params).__name__}; "
+                              f"valid: nn.Cell, list of Parameters, dict name -> Parameter/Tensor/ndarray")
+    out, seen = [], set()
+    for name, value in items:
+        if name in seen:
+            raise CheckpointError(f"save_checkpoint got two parameters named '{name}'; names must be unique")
+        if name in (EXTRA_KEY, HEADER_KEY):
+            raise CheckpointError(f"parameter name '{name}' is reserved for checkpoint metadata")
+        seen.add(name)
+        if isinstance(value, np.ndarray):
+            value = ms.Tensor(value)
+        elif not isinstance(value, ms.Tensor):  # Parameter is a Tensor
+            raise CheckpointError(f"checkpoint parameter '{name}' has type {type(value).__name__}; "
+                                  f"valid: Parameter, Tensor, numpy array")
+        out.append({"name": name, "data": value})
+    return out
+
+
+def save_checkpoint(path: str, params: Any, extra: Mapping[str, Any] | None = None) -> str:
+    """Atomically write ``params`` (nn.Cell, list of Parameters, or dict name ->
+    Parameter/Tensor/ndarray) and ``extra`` (JSON-like values, numpy arrays) to ``path``."""
+    import mindspore as ms
+
+    path = os.fspath(path)
+    _check_suffix(path)
+    plist = _param_list(params)
+    payload = {"format": _FORMAT, "names": [p["name"] for p in plist],
+               "extra": _encode(dict(extra or {}), "extra")}
+    blob = json.dumps(payload, separators=(",", ":"))
+
+    # The header is the first record and the extra the last: a file cut anywhere
+    # has the first without the last (or fails to parse), which load_checkpoint catches.
+    records = [{"name": HEADER_KEY, "data": ms.Tensor(np.array([_VERSION], np.int32))}] + plist
+
+    def write(tmp: str) -> None:
+        ms.save_checkpoint(records, tmp, append_dict={EXTRA_KEY: blob})
+
+    return atomic_write(path, write)
+
+
+def _shape_str(shape: tuple) -> str:
+    return str(tuple(shape)).replace(" ", "")
+
+
+def _names(items: list[str]) -> str:
+    more = f", ... {len(items) - _SHOW} more" if len(items) > _SHOW else ""
+    return ", ".join(items[:_SHOW]) + more
+
+
+def check_fit(where: str, actual: Mapping[str, tuple], expected: Mapping[str, tuple],
+              allow_unexpected: bool = False) -> None:
+    """Raise CheckpointError if ``actual`` (name -> shape) does not fit ``expected``."""
+    missing = [n for n in expected if n not in actual]
+    unexpected = [] if allow_unexpected else [n for n in actual if n not in expected]
+    shaped = [f"{n}: {_shape_str(actual[n])} vs {_shape_str(expected[n])}"
+              for n in expected if n in actual and tuple(actual[n]) != tuple(expected[n])]
+    if not (missing or unexpected or shaped):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing ({_names(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({_names(unexpected)})")
+    if shaped:
+        parts.append(f"{len(shaped)} with other shapes ({_names(shaped)}; checkpoint vs network)")
+    raise CheckpointError(f"{where} does not fit this network: " + ", ".join(parts))
+
+
+def load_checkpoint(path: str, expected: Mapping[str, tuple] | None = None) -> tuple[dict, dict]:
+    """Read ``path`` -> (params: name -> Parameter, extra). With ``expected`` (name ->
+    shape), names and shapes must match exactly."""
+    import mindspore as ms
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    _check_suffix(path)
+    unreadable = f"checkpoint '{path}' is unreadable (truncated or not a MindSpore checkpoint)"
+    try:
+        raw = ms.load_checkpoint(path)
+    except (ValueError, RuntimeError, TypeError, OSError) as e:
+        raise CheckpointError(unreadable) from e
+    params, extra, blob, header = {}, {}, None, None
+    for name, value in raw.items():
+        if name == EXTRA_KEY:
+            blob = value
+        elif name == HEADER_KEY and isinstance(value, ms.Tensor):
+            header = value
+        elif isinstance(value, ms.Parameter):
+            params[name] = value
+        else:  # plain strings appended by other writers
+            extra[name] = value
+    if header is not None and (blob is None or header.asnumpy().tolist() != [_VERSION]):
+        raise CheckpointError(unreadable)
+    if blob is not None:
+        try:
+            payload = json.loads(blob)
+            names = payload["names"]
+            extra.update(_decode(payload["extra"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(unreadable) from e
+        if payload.get("format") != _FORMAT or set(names) != set(params):
+            raise CheckpointError(unreadable)
+    if expected is not None:
+        check_fit(f"checkpoint '{path}'", {n: tuple(p.shape) for n, p in params.items()},
+                  {n: tuple(s) for n, s in expected.items()})
+    return params, extra
+
+
+def load_into(cell: Any, params: Mapping[str, Any], strict: bool = True,
+              where: str = "checkpoint") -> None:
+    """Load ``params`` into ``cell`` after checking names and shapes against
+    ``cell.parameters_dict()`` (``strict=False`` ignores extra names)."""
+    import mindspore as ms
+
+    own = {n: tuple(p.shape) for n, p in cell.parameters_dict().items()}
+    check_fit(where, {n: tuple(p.shape) for n, p in params.items()}, own, allow_unexpected=not strict)
+    to_load = {n: (p if isinstance(p, ms.Parameter) else ms.Parameter(p, name=n))
+               for n, p in params.items() if n in own}
+    not_loaded, _ = ms.load_param_into_net(cell, to_load, strict_load=True)
+    if not_loaded:
+        raise CheckpointError(f"{where} did not load into this network: {len(not_loaded)} not loaded "
+                              f"({_names(list(not_loaded))})")

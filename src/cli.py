@@ -1,0 +1,172 @@
+"""Shared command-line plumbing for search.py, train.py, eval.py and export.py.
+
+    def main(args) -> int:
+        cfg = load_config(SearchConfig, args.config, overrides_from_args(args, SearchConfig))
+        log("searching ...")
+        emit_json({"best": ...})
+        return 0
+
+    if __name__ == "__main__":
+        sys.exit(run_main(main, parser=common_parser(__doc__)))
+
+Exit codes: 0 ok, 1 internal error, 2 usage or HourNASError, 130 interrupted.
+With ``--json`` the last line on stdout is one JSON object and ``log`` writes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import json
+import math
+import os
+import sys
+import traceback
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from src.errors import HourNASError
+
+DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
+
+
+def _device_target(text: str) -> str:
+    for t in DEVICE_TARGETS:
+        if text.lower() == t.lower():
+            return t
+    raise argparse.ArgumentTypeError(f"unknown device target '{text}'; valid: {', '.join(DEVICE_TARGETS)}")
+
+
+def common_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The flags every entry point shares; add command-specific ones to the result."""
+    p = argparse.ArgumentParser(description=description, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="PATH", help="YAML config file")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+                   help="override a config key, e.g. --set search.tau=5.0 (repeatable)")
+    p.add_argument("--output_dir", metavar="DIR", help="where outputs go (config key output_dir)")
+    p.add_argument("--device_target", type=_device_target, default=None, metavar="{CPU,GPU,Ascend}",
+                   help="device to run on (default: the config's, else CPU)")
+    p.add_argument("--data_path", metavar="PATH", help="dataset folder (config key data.path)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    return p
+
+
+# ----------------------------------------------------------------------------- output
+
+class _Logger:
+    """Human progress lines: stdout normally, stderr under --json (stdout stays JSON)."""
+
+    def __init__(self) -> None:
+        self.to_stderr = False
+
+    def configure(self, json_mode: bool) -> None:
+        self.to_stderr = bool(json_mode)
+
+    def __call__(self, msg: Any) -> None:
+        stream: TextIO = sys.stderr if self.to_stderr else sys.stdout
+        print(msg, file=stream, flush=True)
+
+
+log = _Logger()
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_jsonable(v) for v in obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays, Tensors via asnumpy
+        return _jsonable(obj.tolist())
+    if hasattr(obj, "asnumpy"):
+        return _jsonable(obj.asnumpy().tolist())
+    if isinstance(obj, enum.Enum):
+        return _jsonable(obj.value)
+    return str(obj)
+
+
+def emit_json(obj: Any) -> None:
+    """Print ``obj`` as one compact JSON line on stdout (non-finite floats -> null)."""
+    sys.stdout.write(json.dumps(_jsonable(obj), separators=(",", ":"), allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+# ----------------------------------------------------------------------------- config glue
+
+def _has_key(schema_cls: type, dotted: str) -> bool:
+    cls: Any = schema_cls
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return False
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields:
+            return False
+        tp = typing.get_type_hints(cls).get(part, fields[part].type)
+        if typing.get_origin(tp) is not None and not dataclasses.is_dataclass(tp):
+            tp = next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), tp)
+        cls = tp
+    return True
+
+
+def overrides_from_args(args: argparse.Namespace, schema_cls: type) -> list[str]:
+    """``--data_path``/``--output_dir``/``--device_target`` as overrides (data.path,
+    output_dir, device_target) followed by the ``--set`` items, so ``--set`` wins."""
+    out = []
+    for flag, key in (("data_path", "data.path"), ("output_dir", "output_dir"), ("device_target", "device_target")):
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if _has_key(schema_cls, key):
+            out.append(f"{key}={json.dumps(str(value))}")  # quoted: a path stays a string
+        elif flag != "device_target":
+            raise HourNASError(f"--{flag} does not apply to this command (its config has no key '{key}')")
+    return out + list(getattr(args, "overrides", None) or [])
+
+
+# ----------------------------------------------------------------------------- main wrapper
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def run_main(main_fn: Callable[[argparse.Namespace], int | None], argv: Sequence[str] | None = None,
+             parser: argparse.ArgumentParser | None = None) -> int:
+    """Parse ``argv`` with ``parser`` (default ``common_parser``), run ``main_fn(args)`` and
+    return its exit code. HourNASError -> ``error: <msg>`` on stderr, SystemExit(2);
+    Ctrl-C -> SystemExit(130); any other exception -> one ``error: internal error`` line,
+    SystemExit(1). ``--debug`` adds the traceback. Usage errors exit 2 (argparse)."""
+    parser = parser or common_parser(main_fn.__doc__)
+    args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    log.configure(getattr(args, "json", False))
+    try:
+        code = main_fn(args)
+    except HourNASError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {_one_line(e) or type(e).__name__}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("error: interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        msg = lines[0][:300] if lines else ""
+        hint = "" if debug else " (run with --debug for the traceback)"
+        print(f"error: internal error: {type(e).__name__}: {msg}{hint}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    return 0 if code is None else int(code)
