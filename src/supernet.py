@@ -81,7 +81,7 @@ class Supernet(nn.Cell):
         k = 0
         for cell, searched in zip(self.layers, self.is_searched):
             if searched:
-                o = indices[k]
+                o = int(indices[k])
                 x = cell.candidates[o](x) * weights[k, o]
                 k += 1
             else:

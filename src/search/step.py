@@ -101,13 +101,15 @@ class ArchParams(nn.Cell):
     def params(self) -> list:
         return [self.theta] + ([self.pi] if self.use_proposals else [])
 
-    def host_path(self, g_theta: np.ndarray, g_pi: np.ndarray | None) -> tuple[int | None, list[int]]:
-        """The Gumbel-Max path for given noise: (proposal, op index per layer)."""
+    def host_path(self, g_theta: np.ndarray, g_pi: np.ndarray | None,
+                  tau: float) -> tuple[int | None, list[int]]:
+        """The Gumbel-Max path for given noise, argmax(θ/τ + g) as in ``src.sampler``:
+        (proposal, op index per layer). The same indices the Tensor sampler's one-hot picks."""
         theta = self.theta.asnumpy()
         if self.use_proposals:
-            j = int(np.argmax(self.pi.asnumpy() + g_pi))
-            return j, [int(i) for i in np.argmax(theta[j] + g_theta[j], axis=-1)]
-        return None, [int(i) for i in np.argmax(theta + g_theta, axis=-1)]
+            j = int(np.argmax(self.pi.asnumpy() / np.float32(tau) + g_pi))
+            return j, [int(i) for i in np.argmax(theta[j] / np.float32(tau) + g_theta[j], axis=-1)]
+        return None, [int(i) for i in np.argmax(theta / np.float32(tau) + g_theta, axis=-1)]
 
     def probabilities(self) -> tuple[np.ndarray | None, np.ndarray]:
         """softmax(Π) and softmax(θ) per layer (per proposal in stage 2)."""

@@ -226,20 +226,35 @@ def _read_yaml(path: str) -> dict:
     return data
 
 
-def space_from_dict(data: dict, where: str = "space") -> Space:
+def scale_channels(c: int, width_mult: float, divisor: int = 4) -> int:
+    """Channels scaled by a width multiplier, rounded to a multiple of ``divisor`` (MobileNet's
+    rule: never below ``divisor``, never more than 10% under the exact product)."""
+    if width_mult == 1.0:
+        return c
+    exact = c * width_mult
+    out = max(divisor, int(exact + divisor / 2) // divisor * divisor)
+    return out + divisor if out < 0.9 * exact else out
+
+
+def space_from_dict(data: dict, where: str = "space", width_mult: float = 1.0) -> Space:
+    """A space from its YAML mapping; ``width_mult`` narrows (or widens) every layer."""
     _check_keys(data, _SPACE_KEYS, where)
     for key in ("name", "input_size", "num_classes", "stem", "ops", "stages"):
         if key not in data:
             raise HourNASError(f"{where}: missing key '{key}'")
+    if width_mult <= 0:
+        raise HourNASError(f"width_mult must be positive, got {width_mult}")
     conv = _conventions(data.get("conventions"), where)
     stem = _stem(data["stem"], where)
+    stem = replace(stem, c=scale_channels(stem.c, width_mult))
     default_ops = tuple(parse_op(s) for s in data["ops"])
     entries = []
     for si, stage in enumerate(data["stages"]):
         _check_keys(stage, _STAGE_KEYS, f"{where}: stage {si + 1}")
         ops = tuple(parse_op(s) for s in stage["ops"]) if "ops" in stage else default_ops
         for j in range(int(stage.get("n", 1))):
-            entries.append((None, int(stage["c"]), int(stage["s"]) if j == 0 else 1, ops))
+            entries.append((None, scale_channels(int(stage["c"]), width_mult),
+                            int(stage["s"]) if j == 0 else 1, ops))
     # Labels: searchable layers L1..Ln as in the papers; fixed ones F1..Fk.
     labelled, n_search, n_fixed = [], 0, 0
     for _, c, s, ops in entries:
@@ -251,9 +266,11 @@ def space_from_dict(data: dict, where: str = "space") -> Space:
             label = f"F{n_fixed}"
         labelled.append((label, c, s, ops))
     layers = _build_layers(stem, int(data["input_size"]), labelled, where)
-    return Space(name=str(data["name"]), input_size=int(data["input_size"]),
+    head = data.get("head")
+    name = str(data["name"]) if width_mult == 1.0 else f"{data['name']}_w{width_mult:g}"
+    return Space(name=name, input_size=int(data["input_size"]),
                  num_classes=int(data["num_classes"]), conventions=conv, stem=stem,
-                 layers=layers, head=data.get("head"), dropout=float(data.get("dropout", 0.0)),
+                 layers=layers, head=scale_channels(head, width_mult) if head else head, dropout=float(data.get("dropout", 0.0)),
                  in_channels=int(data.get("in_channels", 3)), family=str(data.get("family", "")),
                  op_names=tuple(format_op(o) for o in default_ops))
 
@@ -262,15 +279,15 @@ def available_spaces() -> list[str]:
     return sorted(f[:-5] for f in os.listdir(SPACES_DIR) if f.endswith(".yaml"))
 
 
-def load_space(name_or_path: str) -> Space:
-    """A space by name (``fbnet_imagenet``) or YAML path."""
+def load_space(name_or_path: str, width_mult: float = 1.0) -> Space:
+    """A space by name (``fbnet_imagenet``) or YAML path, optionally narrowed."""
     path = name_or_path
     if not (path.endswith(".yaml") or os.sep in path):
         path = os.path.join(SPACES_DIR, f"{name_or_path}.yaml")
         if not os.path.isfile(path):
             raise HourNASError(f"unknown space '{name_or_path}'; valid: "
                                f"{', '.join(available_spaces())}")
-    return space_from_dict(_read_yaml(path), where=path)
+    return space_from_dict(_read_yaml(path), where=path, width_mult=width_mult)
 
 
 # ---------------------------------------------------------------- architectures

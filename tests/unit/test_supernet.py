@@ -66,7 +66,7 @@ def test_arch_gradient_reaches_theta(executor_cls):
     space, net, arch, sgd, ex = _setup(executor_cls)
     x, y = _batch(1)
     g = np.random.default_rng(0).gumbel(size=(3, 3)).astype(np.float32)
-    _, idx = arch.host_path(g, None)
+    _, idx = arch.host_path(g, None, 1.0)
     res = ex.arch_step(x, y, g, None, 1.0, idx)
     grad = res["grads"]["theta"]
     assert grad.shape == (3, 3) and np.abs(grad).sum() > 0
