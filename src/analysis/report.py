@@ -1,0 +1,641 @@
+"""One self-contained HTML page for a search run folder (every picture embedded as a data URI).
+
+Reads what ``search.py`` writes (any of it may be missing; the page says what is):
+
+* ``config.yaml``       the resolved search config (space, targets)
+* ``search_log.jsonl``  one JSON object per step: stage, global_step, tau, losses, ``path``
+                        (op index per searched layer), ``proposal``, path_params/path_flops
+* ``arch_params.npz``   final ``theta`` (L, O) or (m, L, O) with ``pi`` (m,)
+* ``arch.yaml``         the derived architecture
+* ``summary.json``      targets, achieved, stage_seconds, vital (stage-1 probabilities), ...
+
+θ over time is not stored, but every step logs the path sampled from softmax(θ) (Gumbel-Max
+draws an op with exactly that probability), so the frequency of each op in a window of steps
+estimates softmax(θ) at that time; the same holds for the sampled proposal and softmax(Π).
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from src.analysis.plotting import VITAL_COLOR, png_data_uri, pyplot
+from src.config import format_size, parse_size
+from src.errors import HourNASError
+
+FILES = {
+    "config.yaml": "the resolved search config (space and targets)",
+    "search_log.jsonl": "the per-step search log (sampled paths, losses, τ)",
+    "arch_params.npz": "the final architecture parameters θ (and Π)",
+    "arch.yaml": "the derived architecture",
+    "summary.json": "the run summary (targets, achieved cost, stage times)",
+}
+STAGE_TITLES = {"vital": "stage 1: vital layers", "nonvital": "stage 2: non-vital layers",
+                "single": "single stage: all layers (no vital priori)"}
+MAX_BINS = 40      # at most this many windows over a stage ...
+MIN_WINDOW = 5     # ... of at least this many steps each (fewer when the stage is shorter)
+
+
+@dataclass
+class Run:
+    folder: str
+    config: dict | None = None
+    log: list[dict] | None = None
+    params: dict | None = None
+    arch: object | None = None
+    summary: dict | None = None
+    space: object | None = None
+    missing: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def steps(self) -> list[dict]:
+        return [r for r in (self.log or []) if "global_step" in r and "event" not in r]
+
+    def targets(self) -> dict[str, float]:
+        if self.summary and isinstance(self.summary.get("targets"), dict):
+            return {k: float(v) for k, v in self.summary["targets"].items()}
+        raw = ((self.config or {}).get("proposal") or {}).get("targets") or {}
+        out = {}
+        for k, v in raw.items():
+            try:
+                out[k] = float(parse_size(v, f"proposal.targets.{k}"))
+            except HourNASError:
+                pass
+        return out
+
+
+def read_run(folder: str) -> Run:
+    """Everything readable in a run folder; what is missing or unreadable is listed."""
+    import yaml
+    if not os.path.isdir(folder):
+        raise HourNASError(f"run folder '{folder}' does not exist; give the --output_dir of a "
+                           f"search.py run")
+    run = Run(folder)
+    for name in FILES:
+        if not os.path.isfile(os.path.join(folder, name)):
+            run.missing.append(name)
+    path = lambda n: os.path.join(folder, n)  # noqa: E731
+    if "config.yaml" not in run.missing:
+        try:
+            with open(path("config.yaml"), encoding="utf-8") as f:
+                run.config = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as e:
+            run.problems.append(f"config.yaml is unreadable: {_first_line(e)}")
+    if "search_log.jsonl" not in run.missing:
+        run.log, bad = [], 0
+        with open(path("search_log.jsonl"), encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    run.log.append(json.loads(line))
+                except ValueError:
+                    bad += 1
+        if bad:
+            run.problems.append(f"search_log.jsonl: {bad} unreadable line(s) skipped")
+    if "arch_params.npz" not in run.missing:
+        try:
+            with np.load(path("arch_params.npz")) as data:
+                run.params = {k: np.asarray(data[k]) for k in data.files}
+        except (OSError, ValueError) as e:
+            run.problems.append(f"arch_params.npz is unreadable: {_first_line(e)}")
+    if "summary.json" not in run.missing:
+        try:
+            with open(path("summary.json"), encoding="utf-8") as f:
+                run.summary = json.load(f)
+        except (OSError, ValueError) as e:
+            run.problems.append(f"summary.json is unreadable: {_first_line(e)}")
+    if "arch.yaml" not in run.missing:
+        from src.space.space import load_arch
+        try:
+            run.arch = load_arch(path("arch.yaml"))
+        except HourNASError as e:
+            run.problems.append(f"arch.yaml is unreadable: {_first_line(e)}")
+    space_name = (run.config or {}).get("space") or (run.summary or {}).get("space")
+    if space_name:
+        from src.space.space import load_space
+        try:
+            run.space = load_space(space_name, float((run.config or {}).get("width_mult", 1.0)))
+        except HourNASError as e:
+            run.problems.append(f"space '{space_name}' cannot be loaded ({_first_line(e)}); "
+                                f"layers are shown by position")
+    return run
+
+
+def _first_line(e) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+# ----------------------------------------------------------------------------- layer naming
+
+def searched_layers(run: Run, stage: str, width: int) -> tuple[list[str], list[list[str]], list]:
+    """(labels, op names per layer, chosen op name or None per layer) of the ``width`` layers
+    a stage searched; falls back to positions when the space is unknown."""
+    space = run.space
+    idx = None
+    if space is not None:
+        idx = {"vital": space.vital_layers(), "nonvital": space.nonvital_layers(),
+               "single": list(space.searchable)}.get(stage)
+        if idx is not None and len(idx) != width:
+            idx = None
+    if idx is None:
+        n_ops = _num_ops(run)
+        return ([f"layer {k + 1}" for k in range(width)],
+                [[f"op {o}" for o in range(n_ops)]] * width, [None] * width)
+    labels = [space.layers[i].label + (" (vital)" if space.vital[i] else "") for i in idx]
+    ops = [[o.name for o in space.layers[i].ops] for i in idx]
+    chosen = [None] * width
+    if run.arch is not None and len(run.arch.layers) == len(space.layers):
+        chosen = [run.arch.layers[i].ops[0].name for i in idx]
+    return labels, ops, chosen
+
+
+def _num_ops(run: Run) -> int:
+    if run.params is not None and "theta" in run.params:
+        return int(run.params["theta"].shape[-1])
+    top = max((max(r["path"]) for r in run.steps if r.get("path")), default=0)
+    return int(top) + 1
+
+
+def _bins(n: int) -> list[np.ndarray]:
+    """Consecutive windows of steps: at most MAX_BINS, each at least MIN_WINDOW long."""
+    count = max(1, min(MAX_BINS, n // MIN_WINDOW))
+    return [b for b in np.array_split(np.arange(n), count) if len(b)]
+
+
+def _window_edges(steps: np.ndarray, bins: list[np.ndarray]) -> np.ndarray:
+    """x of a piecewise-constant plot: each window drawn from its first to its last step."""
+    return np.array([v for b in bins for v in (steps[b[0]], steps[b[-1]] + 0.999)], float)
+
+
+def _op_colors(n: int):
+    plt = pyplot()
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+# ----------------------------------------------------------------------------- figures
+
+def stage_order(run: Run) -> list[str]:
+    seen = []
+    for r in run.steps:
+        s = r.get("stage")
+        if s is not None and s not in seen:
+            seen.append(s)
+    return seen
+
+
+def theta_over_time_figure(run: Run, stage: str):
+    """Per searched layer, the frequency of each sampled op over windows of steps."""
+    plt = pyplot()
+    recs = [r for r in run.steps if r.get("stage") == stage and r.get("path") is not None]
+    if not recs:
+        return None
+    width = len(recs[0]["path"])
+    recs = [r for r in recs if len(r["path"]) == width]
+    paths = np.array([r["path"] for r in recs], dtype=np.int64)
+    steps = np.array([r["global_step"] for r in recs])
+    labels, ops, chosen = searched_layers(run, stage, width)
+    n_ops = max(len(ops[0]), int(paths.max()) + 1)
+    bins = _bins(len(recs))
+    x = _window_edges(steps, bins)
+    freq = np.zeros((width, 2 * len(bins), n_ops))
+    for j, b in enumerate(bins):
+        for layer in range(width):
+            freq[layer, 2 * j:2 * j + 2] = np.bincount(paths[b, layer],
+                                                        minlength=n_ops)[:n_ops] / len(b)
+    ncols = min(4, width)
+    nrows = math.ceil(width / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 1.75 * nrows + 1.6),
+                             sharex=True, sharey=True, squeeze=False)
+    colors = _op_colors(n_ops)
+    for layer in range(nrows * ncols):
+        ax = axes[layer // ncols][layer % ncols]
+        if layer >= width:
+            ax.axis("off")
+            continue
+        ax.stackplot(x, freq[layer].T, colors=colors, linewidth=0)
+        ax.set_xlim(x[0], x[-1])
+        title = labels[layer] + (f" → {chosen[layer]}" if chosen[layer] else "")
+        ax.set_title(title, fontsize=8.5, color=VITAL_COLOR if "(vital)" in labels[layer]
+                     else "black")
+        ax.set_ylim(0, 1)
+        ax.tick_params(labelsize=7)
+    for col in range(ncols):  # the lowest panel of each column carries the x axis
+        ax = axes[max(r for r in range(nrows) if r * ncols + col < width)][col]
+        ax.set_xlabel("iteration", fontsize=8)
+        ax.xaxis.set_tick_params(labelbottom=True)
+    for row in axes:
+        row[0].set_ylabel("op share", fontsize=8)
+    from matplotlib.patches import Patch
+    names = ops[0] if len(ops[0]) == n_ops else [f"op {o}" for o in range(n_ops)]
+    fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(colors, names)],
+               loc="lower center", ncol=min(n_ops, 9), fontsize=8, frameon=False)
+    window = int(np.mean([len(b) for b in bins]))
+    fig.suptitle(f"{STAGE_TITLES.get(stage, stage).capitalize()}: share of each op among the "
+                 f"sampled paths per window of ~{window} steps (≈ softmax(θ) over time)\n"
+                 f"panel title: layer → derived op", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06 if nrows > 1 else 0.12, 1, 1))
+    return fig
+
+
+def _softmax(a: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(a - a.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _heatmap(ax, probs: np.ndarray, labels: list[str], ops: list[str], chosen: list):
+    im = ax.imshow(probs, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels, fontsize=8)
+    for tick, label in zip(ax.get_yticklabels(), labels):
+        tick.set_color(VITAL_COLOR if "(vital)" in label else "black")
+    ax.set_xticks(range(len(ops)))
+    ax.set_xticklabels(ops, rotation=45, ha="right", fontsize=8)
+    ax.set_xlabel("candidate op")
+    for r, c in enumerate(chosen):
+        if c in ops:
+            ax.add_patch(_box(ops.index(c), r))
+    if probs.size <= 400:
+        for r in range(probs.shape[0]):
+            for c in range(probs.shape[1]):
+                ax.text(c, r, f"{probs[r, c]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if probs[r, c] < 0.6 else "black")
+    return im
+
+
+def _box(x, y):
+    from matplotlib.patches import Rectangle
+    return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, ec="red", lw=1.8)
+
+
+def final_theta_figure(run: Run):
+    """softmax(θ) at the end of the search (the most probable proposal when there are
+    several), with Π's proposal weights beside it."""
+    plt = pyplot()
+    theta = np.asarray(run.params["theta"], dtype=np.float64)
+    pi = run.params.get("pi")
+    stages = stage_order(run)
+    stage = stages[-1] if stages else ("nonvital" if theta.ndim == 3 else "single")
+    if theta.ndim == 3:
+        q = _softmax(np.asarray(pi, dtype=np.float64)) if pi is not None else \
+            np.full(theta.shape[0], 1.0 / theta.shape[0])
+        j = int(np.argmax(q))
+        probs, what = _softmax(theta[j]), f"proposal {j} (softmax(Π) = {q[j]:.2f})"
+    else:
+        q, probs, what = None, _softmax(theta), "θ"
+    labels, ops, chosen = searched_layers(run, stage, probs.shape[0])
+    names = ops[0] if len(ops[0]) == probs.shape[1] else [f"op {o}" for o in range(probs.shape[1])]
+    h = 0.32 * probs.shape[0] + 2.2
+    if q is not None:
+        fig, (ax, axp) = plt.subplots(1, 2, figsize=(13, h),
+                                      gridspec_kw={"width_ratios": [3, 1.2]})
+    else:
+        fig, ax = plt.subplots(figsize=(9, h))
+    im = _heatmap(ax, probs, labels, names, chosen)
+    fig.colorbar(im, ax=ax, label="probability", fraction=0.04)
+    ax.set_title(f"Final op probabilities of {what}; red box = derived op", fontsize=10)
+    if q is not None:
+        axp.barh(range(len(q)), q, color="tab:gray")
+        axp.barh(j, q[j], color="tab:orange")
+        axp.set_yticks(range(len(q)))
+        axp.set_yticklabels([f"proposal {k}" for k in range(len(q))], fontsize=8)
+        axp.invert_yaxis()
+        axp.set_xlabel("softmax(Π)")
+        axp.set_title("Final proposal weights π", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def vital_probs_figure(run: Run):
+    """Stage 1's final op probabilities of the vital layers (from summary.json)."""
+    plt = pyplot()
+    v = (run.summary or {}).get("vital") or {}
+    probs = v.get("probabilities")
+    if not probs:
+        return None
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = [f"{lab} (vital)" for lab in v.get("layers", [f"layer {k + 1}"
+                                                            for k in range(probs.shape[0])])]
+    ops = None
+    if run.space is not None and run.space.vital_layers():
+        ops = [o.name for o in run.space.layers[run.space.vital_layers()[0]].ops]
+    if not ops or len(ops) != probs.shape[1]:
+        ops = [f"op {o}" for o in range(probs.shape[1])]
+    fig, ax = plt.subplots(figsize=(9, 0.32 * probs.shape[0] + 2.2))
+    im = _heatmap(ax, probs, labels, ops, list(v.get("ops", [None] * probs.shape[0])))
+    fig.colorbar(im, ax=ax, label="probability", fraction=0.04)
+    ax.set_title(f"Stage 1: final op probabilities of the vital layers; red box = fixed op "
+                 f"({v.get('method', 'argmax')})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def proposals_figure(run: Run):
+    """π over time: logged softmax(Π) if the log has it, else the sampled-proposal shares."""
+    plt = pyplot()
+    recs = [r for r in run.steps if r.get("proposal") is not None or r.get("pi") is not None]
+    if not recs:
+        return None, None
+    steps = np.array([r["global_step"] for r in recs])
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    if all(r.get("pi") is not None for r in recs):
+        pis = _softmax(np.array([r["pi"] for r in recs], dtype=np.float64))
+        m = pis.shape[1]
+        for j in range(m):
+            ax.plot(steps, pis[:, j], lw=1, label=f"proposal {j}")
+        how = "softmax(Π) as logged"
+    else:
+        props = np.array([r["proposal"] for r in recs], dtype=np.int64)
+        m = int(props.max()) + 1
+        if run.params is not None and run.params.get("pi") is not None:
+            m = max(m, int(np.asarray(run.params["pi"]).shape[0]))
+        bins = _bins(len(recs))
+        x = _window_edges(steps, bins)
+        freq = np.repeat([np.bincount(props[b], minlength=m)[:m] / len(b) for b in bins], 2,
+                         axis=0)
+        ax.stackplot(x, freq.T, colors=_op_colors(m), labels=[f"proposal {j}" for j in range(m)],
+                     linewidth=0)
+        ax.set_ylim(0, 1)
+        ax.set_xlim(x[0], x[-1])
+        how = "share of each proposal among the sampled ones (estimates softmax(Π))"
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("proposal weight")
+    ax.set_title(f"Proposal weights π over time: {how}", fontsize=10)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    return fig, how
+
+
+def cloud_figure(run: Run):
+    """Params and FLOPs of every sampled architecture (the paper's Fig. 3), targets dashed."""
+    plt = pyplot()
+    recs = [r for r in run.steps if "path_params" in r or "path_flops" in r]
+    if not recs:
+        return None
+    targets = run.targets()
+    achieved = (run.summary or {}).get("achieved") or {}
+    steps = np.array([r["global_step"] for r in recs])
+    fig, ax = plt.subplots(figsize=(7.5, 5.6))
+    if all("path_params" in r and "path_flops" in r for r in recs):
+        xs = np.array([r["path_params"] for r in recs]) / 1e6
+        ys = np.array([r["path_flops"] for r in recs]) / 1e6
+        sc = ax.scatter(xs, ys, c=steps, cmap="viridis", s=10, alpha=0.7)
+        fig.colorbar(sc, ax=ax, label="iteration (later = yellow)")
+        if "params" in targets:
+            ax.axvline(targets["params"] / 1e6, color="k", ls="--", lw=1,
+                       label=f"target params {format_size(targets['params'])}")
+        if "flops" in targets:
+            ax.axhline(targets["flops"] / 1e6, color="k", ls=":", lw=1.2,
+                       label=f"target FLOPs {format_size(targets['flops'])}")
+        if "params" in achieved and "flops" in achieved:
+            ax.scatter([achieved["params"] / 1e6], [achieved["flops"] / 1e6], marker="*", s=260,
+                       color="red", edgecolor="black", zorder=5,
+                       label=f"derived: {format_size(achieved['params'])} params, "
+                             f"{format_size(achieved['flops'])} FLOPs")
+        ax.set_xlabel("parameters of the sampled architecture (M)")
+        ax.set_ylabel("FLOPs of the sampled architecture (M)")
+    else:
+        key = "path_params" if "path_params" in recs[0] else "path_flops"
+        obj = key[5:]
+        ax.scatter(steps, [r.get(key, np.nan) / 1e6 for r in recs], s=8, alpha=0.6)
+        if obj in targets:
+            ax.axhline(targets[obj] / 1e6, color="k", ls="--", label=f"target {obj}")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(f"{obj} of the sampled architecture (M)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(f"Sampled architectures of stage 2 ({len(recs)} steps) against the targets",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def losses_figure(run: Run):
+    """Losses, regulariser, accuracies, τ and entropy against the iteration."""
+    plt = pyplot()
+    recs = run.steps
+    if not recs:
+        return None
+    gs = np.array([r["global_step"] for r in recs])
+
+    def series(key):
+        return np.array([r.get(key, np.nan) if r.get(key) is not None else np.nan
+                         for r in recs], dtype=np.float64)
+
+    fig, axes = plt.subplots(2, 2, figsize=(13, 7.5), sharex=True)
+    panels = [
+        (axes[0][0], [("w_loss", "weight loss (weight split)"), ("a_ce", "arch CE (arch split)"),
+                      ("a_loss", "arch loss = CE + α·reg")], "loss", "Losses"),
+        (axes[0][1], [("a_reg", "resource regulariser")], "regulariser", "Resource term"),
+        (axes[1][0], [("w_acc", "weight-step accuracy"), ("a_acc", "arch-step accuracy")],
+         "accuracy", "Accuracies of the sampled paths"),
+        (axes[1][1], [("tau", "τ")], "τ", "Temperature and entropy"),
+    ]
+    for ax, keys, ylabel, title in panels:
+        shown = False
+        for key, label in keys:
+            y = series(key)
+            if np.isfinite(y).any():
+                ax.plot(gs, y, lw=0.9, label=label)
+                shown = True
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        if shown:
+            ax.legend(fontsize=8, loc="upper right")
+        else:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+    ent = series("entropy")
+    if np.isfinite(ent).any():
+        ax2 = axes[1][1].twinx()
+        ax2.plot(gs, ent, color="tab:green", lw=0.9, label="mean entropy of softmax(θ)")
+        ax2.set_ylabel("entropy (nats)")
+        ax2.legend(fontsize=8, loc="center right")
+    # stage boundaries
+    stages = [r.get("stage") for r in recs]
+    for k in range(len(recs)):
+        if k == 0 or stages[k] != stages[k - 1]:
+            for row in axes:
+                for ax in row:
+                    if k:
+                        ax.axvline(gs[k], color="grey", ls="--", lw=0.8)
+            axes[0][0].text(gs[k], axes[0][0].get_ylim()[0], f" {stages[k]}", va="bottom",
+                            fontsize=8, color="grey")
+    for ax in axes[1]:
+        ax.set_xlabel("iteration (global step)")
+    fig.suptitle("Search progress", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- HTML
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;margin:2em auto;
+color:#222;padding:0 1em}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;
+text-align:left;font-size:.92em}th{background:#f4f4f4}
+img{max-width:100%;border:1px solid #eee}.missing{color:#a33;font-style:italic}
+.note{color:#555;font-size:.92em}pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.85em}
+"""
+
+
+def _img(uri: str, alt: str) -> str:
+    return f'<p><img src="{uri}" alt="{html.escape(alt)}"></p>'
+
+
+def _missing(what: str) -> str:
+    return f'<p class="missing">Not available: {html.escape(what)}</p>'
+
+
+def _table(rows: list[tuple], header: tuple | None = None) -> str:
+    out = ["<table>"]
+    if header:
+        out.append("<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>")
+    for row in rows:
+        out.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _num(v) -> str:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{format_size(v)} ({v:,.0f})" if abs(v) >= 1000 else f"{v:g}"
+    return str(v)
+
+
+def summary_section(run: Run) -> str:
+    parts = ["<h2>Summary</h2>"]
+    s = run.summary
+    targets = run.targets()
+    if s is None and not targets:
+        return parts[0] + _missing("summary.json is missing and config.yaml names no targets")
+    achieved = (s or {}).get("achieved") or {}
+    rel = (s or {}).get("relative_error") or {}
+    rows = []
+    for obj in sorted(set(targets) | set(achieved)):
+        r = rel.get(obj)
+        rows.append((obj, _num(targets[obj]) if obj in targets else "—",
+                     _num(achieved[obj]) if obj in achieved else "—",
+                     f"{r:+.2%}" if isinstance(r, (int, float)) else "—"))
+    parts.append(_table(rows, ("objective", "target", "achieved", "relative error")))
+    if s is None:
+        parts.append(_missing("summary.json is missing: targets are from config.yaml, "
+                              "no achieved values"))
+        return "".join(parts)
+    facts = [("space", s.get("space")), ("derivation", s.get("derivation")),
+             ("within tolerance", f"{s.get('within_tolerance')} (±{s.get('tolerance')})"),
+             ("chosen proposal", s.get("proposal")), ("executor", s.get("executor"))]
+    for stage, sec in (s.get("stage_seconds") or {}).items():
+        facts.append((f"seconds in {STAGE_TITLES.get(stage, stage)}", f"{sec:.1f}"))
+    props = s.get("proposals") or {}
+    if props:
+        facts.append(("space proposals", f"m = {props.get('m')}, solved in "
+                                         f"{props.get('solve_seconds', float('nan')):.2f} s"))
+    if s.get("blocks"):
+        facts.append(("blocks", " ".join(s["blocks"])))
+    parts.append(_table([(k, v) for k, v in facts if v is not None]))
+    return "".join(parts)
+
+
+def build_report(folder: str, out_path: str | None = None) -> tuple[str, dict]:
+    """Write the page (default ``<folder>/report.html``); returns (path, facts)."""
+    from src.analysis.hourglass import hourglass_figure
+    from src.checkpoint import atomic_write_text
+
+    run = read_run(folder)
+    out_path = out_path or os.path.join(folder, "report.html")
+    images: list[str] = []
+
+    def fig_html(fig, alt):
+        uri = png_data_uri(fig)
+        images.append(alt)
+        return _img(uri, alt)
+
+    title = f"HourNAS search report: {os.path.basename(os.path.abspath(folder))}"
+    body = [f"<h1>{html.escape(title)}</h1>",
+            f'<p class="note">Run folder: <code>{html.escape(os.path.abspath(folder))}</code></p>']
+    if run.missing:
+        body.append("<p class='missing'>Missing from this run folder: " + ", ".join(
+            f"<code>{n}</code> ({html.escape(FILES[n])})" for n in run.missing) + "</p>")
+    for p in run.problems:
+        body.append(_missing(p))
+    body.append(summary_section(run))
+
+    body.append("<h2>θ per layer over time</h2>")
+    if run.log is None:
+        body.append(_missing("search_log.jsonl is missing, so the sampled paths are unknown"))
+    else:
+        stages = stage_order(run)
+        if not stages:
+            body.append(_missing("search_log.jsonl holds no step records"))
+        for stage in stages:
+            fig = theta_over_time_figure(run, stage)
+            body.append(fig_html(fig, f"op shares over time, {stage}") if fig else
+                        _missing(f"no sampled paths logged in stage {stage}"))
+    vfig = vital_probs_figure(run)
+    if vfig is not None:
+        body.append(fig_html(vfig, "stage-1 final probabilities"))
+    if run.params is None:
+        body.append(_missing("arch_params.npz is missing, so the final θ is unknown"))
+    elif "theta" not in run.params:
+        body.append(_missing("arch_params.npz holds no 'theta'"))
+    else:
+        body.append(fig_html(final_theta_figure(run), "final theta"))
+
+    body.append("<h2>Proposal weights π</h2>")
+    pfig, how = proposals_figure(run) if run.log is not None else (None, None)
+    if pfig is not None:
+        body.append(fig_html(pfig, "proposal weights over time"))
+    elif run.params is not None and run.params.get("pi") is not None:
+        body.append(_missing("π over time is not in the log; the final π is shown with the "
+                             "final θ above"))
+    else:
+        body.append(_missing("no proposals: the log has no 'proposal' field and "
+                             "arch_params.npz has no 'pi' (m = 1 or stage 2 did not run)"))
+
+    body.append("<h2>Sampled architectures against the targets (Fig. 3 style)</h2>")
+    cfig = cloud_figure(run) if run.log is not None else None
+    body.append(fig_html(cfig, "sampled cost cloud") if cfig is not None else
+                _missing("no path_params / path_flops in the log (stage 2 logs them)"
+                         if run.log is not None else "search_log.jsonl is missing"))
+
+    body.append("<h2>Losses</h2>")
+    lfig = losses_figure(run) if run.log is not None else None
+    body.append(fig_html(lfig, "losses") if lfig is not None else
+                _missing("search_log.jsonl is missing or empty"))
+
+    body.append("<h2>The derived architecture</h2>")
+    if run.arch is not None:
+        body.append(fig_html(hourglass_figure(run.arch), "hourglass of the derived architecture"))
+        body.append("<pre>" + html.escape("\n".join(run.arch.block_strings())) + "</pre>")
+    else:
+        body.append(_missing("arch.yaml is missing or unreadable"))
+
+    for name in ("search_theta.png", "search_progress.png"):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            from src.analysis.plotting import file_data_uri_bytes
+            with open(path, "rb") as f:
+                body.append(f"<h2>{html.escape(name)} (written by the search)</h2>" +
+                            _img(file_data_uri_bytes(f.read()), name))
+            images.append(name)
+
+    if run.config is not None:
+        import yaml
+        body.append("<h2>Config</h2><pre>" + html.escape(
+            yaml.safe_dump(run.config, sort_keys=False)) + "</pre>")
+
+    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+            + "\n".join(body) + "</body></html>\n")
+    atomic_write_text(out_path, page)
+    return out_path, {"report": out_path, "images": images, "missing": run.missing,
+                      "problems": run.problems, "targets": run.targets()}
