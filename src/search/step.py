@@ -174,8 +174,9 @@ class Executor:
     name = "base"
 
     def __init__(self, net: Supernet, arch: ArchParams, sgd: SparseSGD, reg=None,
-                 alpha: float = 0.0):
+                 alpha: float = 0.0, grad_mean=None):
         self.net, self.arch, self.sgd, self.reg, self.alpha = net, arch, sgd, reg, alpha
+        self.grad_mean = grad_mean  # data-parallel: src.search.distributed.GradMean
         self.loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
         self.candidates = net.candidate_params()
         self.shared = net.shared_params()
@@ -207,6 +208,8 @@ class EagerExecutor(Executor):
 
         grad_fn = ms.value_and_grad(forward, None, params, has_aux=True)
         (loss, logits), grads = grad_fn(x, y)
+        if self.grad_mean is not None:
+            grads = self.grad_mean.tensors(grads)
         self.sgd.step(params, grads, lr)
         return float(loss.asnumpy()), _accuracy(logits, y)
 
@@ -243,6 +246,8 @@ class AllPathExecutor(Executor):
             return loss_fn(logits, yb), logits
 
         (loss, logits), grads = ms.value_and_grad(forward, None, params, has_aux=True)(x, y)
+        if self.grad_mean is not None:
+            grads = self.grad_mean.tensors(grads)
         self.sgd.step(params, grads, lr)
         return float(loss.asnumpy()), _accuracy(logits, y)
 
