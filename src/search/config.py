@@ -9,18 +9,27 @@ from src.errors import HourNASError
 
 SAMPLERS = ("gumbel_max", "gumbel_softmax", "softmax")
 EXECUTORS = ("auto", "eager", "graph")
+ORTHOGONALITY = ("cosine", "paper")
 
 
 @dataclass
 class ProposalConfig:
-    """Space proposals (Eqs. 5-9): m proposals solved for the resource targets."""
+    """Space proposals (Eqs. 5-9): m proposals solved for the resource targets.
+
+    The solver (``src.proposal``) runs ``iterations`` Adam steps of Eq. 7 with G = ``sampler``
+    at a temperature annealed geometrically from ``tau`` to ``tau_final`` (null: the lowest of
+    ``report_taus``); set ``tau_final`` equal to ``tau`` for a fixed temperature.
+    """
 
     m: int = 8
     iterations: int = 1000
     beta: float = 1e-2
     lr: float = 0.1
     sampler: str = "gumbel_softmax"
-    tau: float = 1.0
+    tau: float = 5.0               # solver's starting temperature (the paper's search starts at 5.0)
+    tau_final: float | None = None  # solver's final temperature; null = min(report_taus)
+    init_std: float = 0.1          # θ_j ~ N(0, init_std^2): near-uniform, different per proposal
+    orthogonality: str = "cosine"  # cosine: |cos| of per-layer-centred θ's; paper: |ΘΘᵀ - I| raw
     seed: int = 0
     targets: dict[str, Size] = field(default_factory=lambda: {"params": 4.8e6, "flops": 295e6})
     latency_table: str | None = None
@@ -36,6 +45,15 @@ class ProposalConfig:
                                f"{', '.join(SAMPLERS)}")
         if not self.targets:
             raise HourNASError("proposal.targets is empty; give at least one, e.g. params: 4.8M")
+        if self.tau <= 0 or (self.tau_final is not None and self.tau_final <= 0):
+            raise HourNASError("proposal.tau and proposal.tau_final must be > 0")
+        if not self.report_taus or any(t <= 0 for t in self.report_taus):
+            raise HourNASError("proposal.report_taus must be a non-empty list of temperatures > 0")
+        if self.init_std <= 0 or self.lr <= 0 or self.beta < 0:
+            raise HourNASError("proposal.init_std and proposal.lr must be > 0, proposal.beta >= 0")
+        if self.orthogonality not in ORTHOGONALITY:
+            raise HourNASError(f"unknown proposal.orthogonality '{self.orthogonality}'; valid: "
+                               f"{', '.join(ORTHOGONALITY)}")
 
 
 @dataclass
