@@ -1,0 +1,120 @@
+"""Export a trained checkpoint to MINDIR (dynamic batch) and/or ONNX (fixed batch), then check it.
+
+    python export.py --ckpt runs/train/fbnet_b_best.ckpt                       # MINDIR
+    python export.py --ckpt CKPT --file_format both --batch_size 8 --output_dir export/
+
+MINDIR is written with a dynamic batch dimension (None); ONNX needs a fixed batch (MindSpore 2.10
+fails to export BatchNorm with a dynamic one). After writing, the MINDIR is loaded back
+(ms.load + nn.GraphCell) and run on a random batch of --batch_size and of --batch_size + 1; its
+outputs must match the checkpointed network within --tolerance (max abs difference printed).
+The ONNX file is checked the same way when onnxruntime is installed. Files are written
+atomically: {arch}.mindir and {arch}_b{N}.onnx in --output_dir (default: the checkpoint's folder).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from src.cli import common_parser, emit_json, log, run_main  # noqa: E402
+from src.errors import HourNASError  # noqa: E402
+
+class ExportMismatchError(HourNASError):
+    """An exported model computes something else than the checkpointed network."""
+
+
+def parser():
+    p = common_parser(__doc__)
+    p.add_argument("--ckpt", metavar="PATH", required=True, help="training checkpoint (.ckpt)")
+    p.add_argument("--arch", metavar="FILE", help="architecture YAML (default: the checkpoint's)")
+    p.add_argument("--file_format", default="MINDIR", type=str.upper,
+                   choices=("MINDIR", "ONNX", "BOTH"), help="MINDIR (default), ONNX or both")
+    p.add_argument("--batch_size", type=int, default=1, metavar="N",
+                   help="batch of the ONNX model and of the check (default 1)")
+    p.add_argument("--tolerance", type=float, default=1e-4, metavar="T",
+                   help="largest allowed |exported - network| output difference (default 1e-4)")
+    return p
+
+
+def _check(name: str, got, want, tol: float) -> float:
+    import numpy as np
+
+    if got.shape != want.shape:
+        raise ExportMismatchError(f"{name}: output shape {got.shape}, the network gives {want.shape}")
+    diff = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())
+    if not diff <= tol:
+        raise ExportMismatchError(f"{name}: outputs differ from the checkpointed network by up to "
+                                  f"{diff:.3g} (tolerance {tol:g})")
+    return diff
+
+
+def main(args) -> int:
+    import numpy as np
+
+    import mindspore as ms
+    import mindspore.nn as nn
+
+    from src.checkpoint import atomic_write
+    from src.context import setup_context
+    from src.trainer import load_network
+
+    if args.batch_size < 1:
+        raise HourNASError(f"--batch_size must be >= 1, got {args.batch_size}")
+    for flag in ("config", "data_path"):
+        if getattr(args, flag):
+            raise HourNASError(f"--{flag} does not apply to export.py")
+    if args.overrides:
+        raise HourNASError("--set does not apply to export.py")
+    setup_context(args.device_target or "CPU", "graph")
+    net, arch, _ = load_network(args.ckpt, args.arch)
+    out_dir = args.output_dir or os.path.dirname(os.path.abspath(args.ckpt))
+    c, s, n = arch.in_channels, arch.input_size, args.batch_size
+    rng = np.random.default_rng(0)
+    batches = {b: rng.standard_normal((b, c, s, s)).astype(np.float32) for b in (n, n + 1)}
+    want = {b: net(ms.Tensor(x)).asnumpy() for b, x in batches.items()}
+    fmt = args.file_format
+    result = {"arch": arch.name, "ckpt": args.ckpt, "input": [None, c, s, s], "files": {}}
+
+    if fmt in ("MINDIR", "BOTH"):
+        path = os.path.join(out_dir, f"{arch.name}.mindir")
+        spec = ms.Tensor(shape=[None, c, s, s], dtype=ms.float32)
+        atomic_write(path, lambda tmp: ms.export(net, spec, file_name=tmp, file_format="MINDIR"))
+        graph = nn.GraphCell(ms.load(path))
+        diffs = [_check(f"MINDIR '{path}' at batch {b}", graph(ms.Tensor(x)).asnumpy(), want[b],
+                        args.tolerance) for b, x in batches.items()]
+        log(f"wrote {path} (input [None, {c}, {s}, {s}]); reloaded with ms.load + nn.GraphCell: "
+            f"max abs diff {max(diffs):.3g} at batches {n} and {n + 1} (tolerance "
+            f"{args.tolerance:g})")
+        result["files"]["MINDIR"] = {"path": path, "max_abs_diff": max(diffs), "batch": None}
+
+    if fmt in ("ONNX", "BOTH"):
+        import mindspore.onnx
+
+        path = os.path.join(out_dir, f"{arch.name}_b{n}.onnx")
+        example = ms.Tensor(np.zeros((n, c, s, s), np.float32))
+        atomic_write(path, lambda tmp: mindspore.onnx.export(
+            net, example, file_name=tmp, input_names=["image"], output_names=["logits"]))
+        entry = {"path": path, "batch": n, "max_abs_diff": None}
+        try:
+            import onnxruntime
+        except ImportError:
+            onnxruntime = None
+        if onnxruntime is None:
+            log(f"wrote {path} (input [{n}, {c}, {s}, {s}]); not run: onnxruntime is not "
+                f"installed (pip install onnxruntime to check it)")
+        else:
+            sess = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+            got = sess.run(None, {sess.get_inputs()[0].name: batches[n]})[0]
+            diff = _check(f"ONNX '{path}'", got, want[n], args.tolerance)
+            entry["max_abs_diff"] = diff
+            log(f"wrote {path} (input [{n}, {c}, {s}, {s}]); onnxruntime max abs diff {diff:.3g}")
+        result["files"]["ONNX"] = entry
+
+    if args.json:
+        emit_json(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, parser=parser()))

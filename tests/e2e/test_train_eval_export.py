@@ -1,0 +1,200 @@
+"""train.py -> eval.py -> export.py through the real CLI (subprocesses), on digits at 16x16 with
+a tiny architecture: checkpoints, exact resume after SIGKILL, SIGTERM, errors, --profile."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from src.checkpoint import load_checkpoint
+from src.resource import count
+from src.space.space import load_arch
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = """\
+name: tiny
+input_size: 16
+num_classes: 10
+stem: {c: 8, k: 3, s: 1}
+blocks: [ir_r1_k3_s2_e3_c16, ir_r2_k5_s1_e3_c16_se0.25, skip_r1_s2_c24, ir_r1_k3_s1_e1_c24]
+head: 32
+"""
+# 2 epochs x 8 steps of 32, a checkpoint every 3 steps (and at epoch ends), a log line per step
+TRAIN = ["--epochs", "2", "--batch_size", "32", "--set", "data.image_size=16",
+         "--set", "train.steps_per_epoch=8", "--set", "train.ckpt_every=3",
+         "--set", "train.log_every=1", "--set", "train.lr=0.2", "--set", "train.ckpt_keep=10"]
+
+
+def cli(*args, check=True, timeout=300):
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def last_json(proc) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+
+def losses(records) -> dict[int, float]:
+    return {r["global_step"]: r["loss"] for r in records if r["event"] == "step"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("arch") / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny, tmp_path_factory) -> tuple[Path, dict]:
+    """One uninterrupted run; the other tests compare against it."""
+    out = tmp_path_factory.mktemp("run") / "ref"
+    proc = cli("train.py", "--arch", tiny, *TRAIN, "--output_dir", out, "--json")
+    return out, last_json(proc)
+
+
+def test_train_eval_export(reference_run, tmp_path):
+    run, summary = reference_run
+    assert summary["exit_code"] == 0 and summary["global_step"] == 16
+    for name in ("config.yaml", "arch.yaml", "train_curves.png", "tiny_best.ckpt"):
+        assert (run / name).is_file(), name
+    recs = read_log(run)
+    compile_rec = next(r for r in recs if r["event"] == "compile")
+    assert compile_rec["graphs"] == 1                       # no recompiles after step 1
+    evals = [r for r in recs if r["event"] == "eval"]
+    assert [e["epoch"] for e in evals] == [1, 2] and all(e["images"] == 360 for e in evals)
+    last = evals[-1]
+    ckpt = run / last["ckpt"]
+    _, extra = load_checkpoint(str(ckpt))
+    assert (extra["epoch"], extra["epoch_step"], extra["global_step"]) == (2, 8, 16)
+    assert extra["arch"]["name"] == "tiny" and extra["config"]["train"]["lr"] == 0.2
+
+    # eval.py over every image reports exactly what training logged for this checkpoint
+    ev = last_json(cli("eval.py", "--ckpt", ckpt, "--json"))
+    assert ev["images"] == 360
+    assert ev["top1"] == pytest.approx(last["top1"], abs=1e-9)
+    assert ev["top5"] == pytest.approx(last["top5"], abs=1e-9)
+    assert ev["loss"] == pytest.approx(last["loss"], rel=1e-5)
+    # the same with another batch (a partial last batch of 360 % 50 = 10 images)
+    ev50 = last_json(cli("eval.py", "--ckpt", ckpt, "--batch_size", "50", "--json"))
+    assert ev50["images"] == 360 and ev50["top1"] == pytest.approx(last["top1"], abs=1e-9)
+
+    ex = last_json(cli("export.py", "--ckpt", ckpt, "--file_format", "both", "--batch_size", "3",
+                       "--output_dir", tmp_path, "--json"))
+    mindir, onnx = ex["files"]["MINDIR"], ex["files"]["ONNX"]
+    assert Path(mindir["path"]) == tmp_path / "tiny.mindir" and os.path.getsize(mindir["path"]) > 0
+    assert mindir["max_abs_diff"] <= 1e-4 and mindir["batch"] is None
+    assert Path(onnx["path"]) == tmp_path / "tiny_b3.onnx" and os.path.getsize(onnx["path"]) > 0
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+def test_resume_after_sigkill_continues_exactly(tiny, reference_run, tmp_path):
+    ref, _ = reference_run
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "train.py", "--arch", str(tiny), *TRAIN,
+                             "--output_dir", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    log = out / "train_log.jsonl"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if log.is_file() and '"event": "checkpoint"' in log.read_text():
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    before = read_log(out)
+    saved = [r["global_step"] for r in before if r["event"] == "checkpoint"]
+    done = max(r["global_step"] for r in before if r["event"] == "step")
+    assert saved and saved[-1] < 16
+
+    res = last_json(cli("train.py", "--arch", tiny, *TRAIN, "--output_dir", out, "--resume",
+                        "--json"))
+    assert res["exit_code"] == 0 and res["global_step"] == 16
+    after = read_log(out)
+    resume = next(r for r in after if r["event"] == "resume")
+    assert resume["global_step"] == saved[-1]               # the last checkpoint written
+    assert done - resume["global_step"] <= 3                 # lost at most ckpt_every steps
+    # same batches, same updates: every step's loss equals the uninterrupted run's
+    got, want = losses(after), losses(read_log(ref))
+    assert sorted(got) == list(range(1, 17))
+    for step in range(1, 17):
+        assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), step
+    evals = [r for r in after if r["event"] == "eval"]
+    assert evals[-1]["top1"] == [r for r in read_log(ref) if r["event"] == "eval"][-1]["top1"]
+
+
+def test_sigterm_saves_and_exits(tiny, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "train.py", "--arch", str(tiny), *TRAIN,
+                             "--set", "train.ckpt_every=0", "--output_dir", str(out)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = out / "train_log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and '"event": "step"' in log.read_text():
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.01)
+    text, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, text
+    assert "stopped by SIGTERM" in text and "--resume" in text
+    stop = [r for r in read_log(out) if r["event"] == "stop"][-1]
+    _, extra = load_checkpoint(str(out / stop["ckpt"]))
+    assert extra["global_step"] == stop["global_step"] >= 1
+
+
+def test_checkpoint_of_another_architecture_is_a_clear_error(reference_run):
+    run, _ = reference_run
+    proc = cli("eval.py", "--ckpt", run / "tiny_best.ckpt", "--arch",
+               "config/arch/fbnet_b.yaml", check=False)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: checkpoint") and "does not fit this network" in err
+    assert "missing" in err and "Traceback" not in proc.stderr
+
+
+def test_resume_without_checkpoint_is_exit_2(tiny, tmp_path):
+    proc = cli("train.py", "--arch", tiny, "--resume", "--output_dir", tmp_path / "empty",
+               check=False)
+    assert proc.returncode == 2
+    assert "no training checkpoint in" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_diverging_loss_stops_with_the_step(tiny, tmp_path):
+    out = tmp_path / "run"
+    proc = cli("train.py", "--arch", tiny, *TRAIN, "--set", "train.lr=1e30",
+               "--set", "train.warmup_epochs=0", "--output_dir", out, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = proc.stderr.strip().splitlines()[-1]
+    assert "at epoch 1 step" in err and "last good checkpoint" in err
+    stop = [r for r in read_log(out) if r["event"] == "stop"][-1]
+    assert stop["reason"] == "diverged"
+
+
+def test_profile_json_matches_the_counter():
+    proc = cli("eval.py", "--arch", "config/arch/fbnet_b.yaml", "--profile", "--json")
+    got = last_json(proc)
+    want = count(load_arch("config/arch/fbnet_b.yaml"))
+    assert (got["params"], got["flops"]) == (want["params"], want["flops"])
+    assert len(got["layers"]) == 22 + 3 and got["layers"][0]["name"] == "stem"
+    assert sum(r["flops"] for r in got["layers"]) == want["flops"]
+    text = cli("eval.py", "--arch", "config/arch/fbnet_b.yaml", "--profile").stdout
+    assert "4.86M params" in text and "306.21M FLOPs" in text
