@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from src.errors import DataError, HourNASError
+from src.errors import ConfigError, DataError, HourNASError
 
 DATASETS = ("digits", "cifar10", "imagenet")
 SPLITS = ("train", "eval")
@@ -58,18 +58,13 @@ class DataConfig:
 
     def validate(self) -> None:
         if self.name not in DATASETS:
-            raise HourNASError(f"unknown dataset '{self.name}'; valid: {', '.join(DATASETS)}")
-        if self.name != "digits" and not self.path:
-            what = ("the folder with data_batch_1..5.bin and test_batch.bin" if self.name == "cifar10"
-                    else "the folder with train/ and val/ class folders")
-            raise HourNASError(f"dataset '{self.name}' needs data.path ({what}); "
-                               f"give --data_path or data.path=...")
+            raise ConfigError(f"unknown dataset '{self.name}'; valid: {', '.join(DATASETS)}")
         if self.image_size is not None and self.image_size < 8:
-            raise HourNASError(f"data.image_size must be >= 8, got {self.image_size}")
+            raise ConfigError(f"data.image_size must be >= 8, got {self.image_size}")
         if self.num_workers < 1:
-            raise HourNASError(f"data.num_workers must be >= 1, got {self.num_workers}")
+            raise ConfigError(f"data.num_workers must be >= 1, got {self.num_workers}")
         if self.cutout < 0:
-            raise HourNASError(f"data.cutout must be >= 0 (0 = off), got {self.cutout}")
+            raise ConfigError(f"data.cutout must be >= 0 (0 = off), got {self.cutout}")
 
     @property
     def size(self) -> int:
@@ -279,6 +274,11 @@ _INFO_CACHE: dict[tuple, DatasetInfo] = {}
 def dataset_info(cfg: DataConfig) -> DatasetInfo:
     """Classes, image size and split sizes; checks that the data is where it should be."""
     cfg.validate()
+    if cfg.name != "digits" and not cfg.path:  # checked here: a recipe may leave the path out
+        what = ("the folder with data_batch_1..5.bin and test_batch.bin" if cfg.name == "cifar10"
+                else "the folder with train/ and val/ class folders")
+        raise DataError(f"dataset '{cfg.name}' needs data.path ({what}); give --data_path DIR "
+                        f"or --set data.path=DIR")
     key = (cfg.name, os.path.abspath(cfg.path) if cfg.path else None, cfg.size)
     if key in _INFO_CACHE:
         return _INFO_CACHE[key]
@@ -364,7 +364,7 @@ def make_dataset(cfg: DataConfig, split: str, batch_size: int, *, indices=None,
     import mindspore.dataset.vision as V
     from mindspore import dtype as mstype
 
-    workers = cfg.num_workers
+    workers = max(1, min(cfg.num_workers, os.cpu_count() or 1))  # MindSpore's upper bound
     if aug or cutout:
         ds.config.set_seed(int(np.random.default_rng(
             _seed_words(seed, epoch, start_batch)).integers(1, 2**31 - 1)))

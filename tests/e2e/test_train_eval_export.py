@@ -198,3 +198,64 @@ def test_profile_json_matches_the_counter():
     assert sum(r["flops"] for r in got["layers"]) == want["flops"]
     text = cli("eval.py", "--arch", "config/arch/fbnet_b.yaml", "--profile").stdout
     assert "4.86M params" in text and "306.21M FLOPs" in text
+
+
+# ----------------------------------------------------------------------------- the other recipes
+
+def write_cifar(folder: Path) -> Path:
+    """10,000 random records per .bin (Cifar10Dataset reads exactly that many)."""
+    import numpy as np
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        rec = rng.integers(0, 256, size=(10000, 3073), dtype=np.uint8)
+        rec[:, 0] %= 10
+        rec.tofile(folder / name)
+    return folder
+
+
+def write_imagenet(root: Path) -> Path:
+    import cv2
+    import numpy as np
+    rng = np.random.default_rng(0)
+    for sub, n in (("train", 3), ("val", 2)):
+        for c in ("n01", "n02", "n03"):
+            (root / sub / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 256, size=(40 + 5 * i, 48, 3), dtype=np.uint8)
+                cv2.imwrite(str(root / sub / c / f"{c}_{i}.JPEG"), img)
+    return root
+
+
+def test_cifar10_recipe_runs(tiny, tmp_path):
+    data = write_cifar(tmp_path / "cifar")
+    proc = cli("train.py", "--config", "config/train/cifar10.yaml", "--arch", tiny,
+               "--data_path", data, "--epochs", "1", "--batch_size", "16",
+               "--set", "data.image_size=16",
+               "--set", "train.steps_per_epoch=3", "--set", "train.eval_batch_size=500",
+               "--output_dir", tmp_path / "run", "--json")
+    res = last_json(proc)
+    assert res["exit_code"] == 0 and res["global_step"] == 3
+    assert res["last"]["images"] == 10000                  # every test image
+    _, extra = load_checkpoint(res["ckpt"])
+    assert extra["config"]["data"]["cutout"] == 16 and extra["config"]["train"]["epochs"] == 1
+    assert extra["config"]["train"]["weight_decay"] == 3e-4 and extra["arch"]["name"] == "tiny"
+
+
+def test_imagenet_efficientnet_recipe_with_ema(tiny, tmp_path):
+    data = write_imagenet(tmp_path / "imagenet")
+    out = tmp_path / "run"
+    proc = cli("train.py", "--config", "config/train/imagenet_efficientnet.yaml", "--arch", tiny,
+               "--data_path", data, "--set", "data.image_size=32", "--set", "data.num_workers=1",
+               "--epochs", "2", "--batch_size", "4", "--set", "train.warmup_epochs=1",
+               "--output_dir", out, "--json")
+    res = last_json(proc)
+    text = proc.stdout + proc.stderr
+    assert res["exit_code"] == 0 and res["global_step"] == 4  # 9 images // 4 = 2 steps x 2 epochs
+    assert "amp_level O2 -> O0" in text and "activation relu -> swish" in text
+    _, extra = load_checkpoint(res["ckpt"])
+    assert extra["ema"] is True and extra["arch"]["conventions"]["activation"] == "swish"
+    ev = last_json(cli("eval.py", "--ckpt", res["ckpt"], "--json"))
+    assert ev["ema"] is True and ev["images"] == 6
+    assert ev["top1"] == pytest.approx(res["last"]["top1"], abs=1e-9)
+    assert ev["loss"] == pytest.approx(res["last"]["loss"], rel=1e-5)

@@ -1,0 +1,135 @@
+"""src/trainer.py pieces: recipes, schema checks, lr schedule, arch resizing, resume checks, the
+compiled step's loss scaling and EMA."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from src.config import load_config, to_dict
+from src.data import DatasetInfo
+from src.errors import ConfigError
+from src.space.space import load_arch
+from src.trainer import (TrainConfig, TrainParams, check_resumable, create_model, lr_at,
+                         resolve_arch)
+
+RECIPES = ("digits", "cifar10", "imagenet", "imagenet_efficientnet")
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipes_load(name):
+    cfg = load_config(TrainConfig, f"config/train/{name}.yaml")
+    assert cfg.data.name == name.split("_")[0]
+
+
+def test_digits_recipe_is_the_default():
+    recipe, default = load_config(TrainConfig, "config/train/digits.yaml"), TrainConfig()
+    assert recipe.data.size == default.data.size == 32
+    recipe.data.image_size = default.data.image_size
+    assert to_dict(recipe) == to_dict(default)
+
+
+def test_recipe_values():
+    c10 = load_config(TrainConfig, "config/train/cifar10.yaml")
+    assert (c10.train.epochs, c10.data.cutout, c10.train.batch_size) == (600, 16, 128)
+    assert c10.train.peak_lr == pytest.approx(0.025 * 128 / 96)
+    inet = load_config(TrainConfig, "config/train/imagenet.yaml")
+    assert (inet.train.epochs, inet.train.batch_size, inet.train.lr) == (350, 512, 0.25)
+    assert (inet.train.warmup_epochs, inet.train.weight_decay, inet.train.label_smoothing) == \
+        (5, 1e-5, 0.1)
+    eff = load_config(TrainConfig, "config/train/imagenet_efficientnet.yaml")
+    assert (eff.train.activation, eff.train.ema, eff.train.ema_decay) == ("swish", True, 0.9999)
+    assert eff.train.epochs == 350 and eff.arch == "hournas_f"
+
+
+@pytest.mark.parametrize("override,match", [
+    ("train.epochs=0", "train.epochs must be >= 1"),
+    ("train.batch_size=-4", "train.batch_size must be >= 1"),
+    ("train.schedule=step", "unknown train.schedule 'step'; valid: cosine, constant"),
+    ("train.activation=gelu", "unknown train.activation 'gelu'"),
+    ("train.amp_level=O4", "unknown train.amp_level"),
+    ("train.warmup_epochs=20", "warmup_epochs must be in"),
+    ("data.name=mnist", "unknown dataset 'mnist'"),
+])
+def test_bad_values_are_rejected(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(TrainConfig, None, [override])
+
+
+def test_lr_schedule_warmup_cosine_and_linear_scaling():
+    p = TrainParams(epochs=10, lr=0.1, base_batch=64, batch_size=128, warmup_epochs=2)
+    assert p.peak_lr == pytest.approx(0.2)
+    spe = 5
+    assert lr_at(p, 0, spe) == pytest.approx(0.2 / 10)
+    assert lr_at(p, 9, spe) == pytest.approx(0.2)
+    assert lr_at(p, 10, spe) == pytest.approx(0.2)
+    lrs = [lr_at(p, s, spe) for s in range(10, 50)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.2 * 0.01
+    assert lr_at(TrainParams(schedule="constant", warmup_epochs=0, lr=0.3, batch_size=64), 7,
+                 spe) == pytest.approx(0.3)
+    assert TrainParams(lr=0.3, batch_size=32, lr_scaling="none").peak_lr == 0.3
+
+
+def test_resolve_arch_sizes_for_the_data_and_overrides_activation():
+    info = DatasetInfo("digits", 10, 32, 1437, 360)
+    arch = resolve_arch("config/arch/fbnet_b.yaml", info,
+                        TrainParams(activation="swish", dropout=0.1))
+    assert (arch.num_classes, arch.input_size, arch.dropout) == (10, 32, 0.1)
+    assert arch.conventions.activation == "swish"
+    assert load_arch("config/arch/fbnet_b.yaml").conventions.activation == "relu"
+    import mindspore.nn as nn
+    net = create_model(arch)
+    acts = {type(c).__name__ for _, c in net.cells_and_names()}
+    assert "SiLU" in acts and "ReLU" not in acts
+    assert isinstance(net.classifier.fc, nn.Dense) and net.classifier.fc.out_channels == 10
+
+
+def test_check_resumable():
+    stored = to_dict(load_config(TrainConfig, None, ["arch=x.yaml"]))
+    check_resumable(stored, load_config(TrainConfig, None, ["arch=x.yaml", "train.epochs=20",
+                                                             "data.num_workers=1"]))
+    with pytest.raises(ConfigError, match=r"train.lr: checkpoint 0.02, now 0.5"):
+        check_resumable(stored, load_config(TrainConfig, None, ["arch=x.yaml", "train.lr=0.5"]))
+
+
+def test_step_skips_non_finite_updates_halves_the_scale_and_keeps_an_ema():
+    import mindspore as ms
+
+    from src.context import setup_context
+    from src.space.space import arch_from_dict
+    from src.trainer import TrainStep, create_loss, create_optimizer
+
+    setup_context("CPU", "graph")
+    arch = arch_from_dict(dict(name="t", input_size=8, num_classes=3, stem={"c": 4, "k": 3, "s": 1},
+                               blocks=["ir_r1_k3_s2_e2_c8"], head=None))
+    ms.set_seed(0)
+    p = TrainParams()
+    net = create_model(arch)
+    step = TrainStep(net, create_loss(p), create_optimizer(net, p), loss_scale=64.0, dynamic=True,
+                     ema_decay=0.5, scale_window=2)
+    step.set_train()
+    rng = np.random.default_rng(0)
+    x = ms.Tensor(rng.standard_normal((4, 3, 8, 8)).astype(np.float32))
+    y = ms.Tensor(np.array([0, 1, 2, 0], np.int32))
+    lr = ms.Tensor(0.1, ms.float32)
+    w = net.stem.conv.weight
+    w0 = w.asnumpy().copy()
+    ema = {q.name: q for q in step.get_parameters()}["ema.stem.conv.weight"]
+
+    loss, finite = step(x, y, lr)
+    assert bool(finite.asnumpy()) and np.isfinite(float(loss.asnumpy()))
+    w1 = w.asnumpy().copy()
+    assert not np.array_equal(w0, w1)
+    # EMA with the warm-up decay min(0.5, 2/11): mostly the new weights
+    d = 2.0 / 11.0
+    assert np.allclose(ema.asnumpy(), d * w0 + (1 - d) * w1, atol=1e-6)
+    assert float(step.scale.asnumpy()) == 64.0
+
+    bad = ms.Tensor(np.full((4, 3, 8, 8), np.inf, np.float32))
+    _, finite = step(bad, y, lr)
+    assert not bool(finite.asnumpy())
+    assert np.array_equal(w.asnumpy(), w1)                   # the update was skipped
+    assert float(step.scale.asnumpy()) == 32.0               # and the loss scale halved
+    step(x, y, lr)
+    step(x, y, lr)
+    assert float(step.scale.asnumpy()) == 64.0               # doubled after 2 good steps
+    assert len(step.compile_cache) == 1
