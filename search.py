@@ -4,8 +4,15 @@
         [--set proposal.targets.params=4.2M --set proposal.targets.flops=260M] \\
         [--output_dir DIR] [--json]
 
+    python search.py                      # the built-in default: a complete search in minutes
+    python search.py --config config/search/fbnet_cifar10.yaml --data_path DATA [--resume]
+        [--no-vital-priori] [--distributed] [--device_target CPU|GPU|Ascend]
+
 Stages:
-  all        (default) the whole search; for now it describes the space and its layers
+  all        (default) Algorithm 1: stage 1 searches the vital layers, the space proposals are
+             solved for the non-vital ones, stage 2 searches them; writes arch.yaml (retrain it
+             with train.py), summary.json, search_log.jsonl, plots and a resumable checkpoint
+  describe   print the space: its size, searchable, vital and non-vital layers
   proposals  solve the space proposals for the targets (Eq. 7) and report how well the
              architectures sampled from them meet the targets (proposals.npz,
              proposals_report.json, proposals.png in the output folder)
@@ -23,7 +30,7 @@ from src.cli import common_parser, emit_json, log, overrides_from_args, run_main
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(ROOT, "config", "search", "default.yaml")
-STAGES = ("all", "proposals")
+STAGES = ("all", "describe", "proposals")
 
 
 def describe_space(cfg) -> dict:
@@ -33,6 +40,24 @@ def describe_space(cfg) -> dict:
     return {"space": space.name, "architectures": space.num_architectures,
             "layers": len(space.layers), "searchable": labels(space.searchable),
             "vital": labels(space.vital_layers()), "nonvital": labels(space.nonvital_layers())}
+
+
+def run_full_search(cfg, args) -> dict:
+    from src.context import setup_context
+    from src.search.engine import run_search
+
+    if args.no_vital_priori:
+        cfg.search.vital_priori = False
+    facts = setup_context(cfg.device_target, mode="pynative", distributed=args.distributed)
+    out_dir = cfg.output_dir
+    if facts["group_size"] > 1:
+        log(f"rank {facts['rank']} of {facts['group_size']}")
+    summary = run_search(cfg, out_dir, args.resume, facts)
+    arch = os.path.join(out_dir, "arch.yaml")
+    log(f"architecture: {arch}")
+    log("ops: " + " ".join(summary["ops"]))
+    log(f"retrain it: python train.py --arch {arch}")
+    return summary
 
 
 def main(args) -> int:
@@ -47,15 +72,14 @@ def main(args) -> int:
         summary = run_proposals_stage(cfg, out_dir)
         save_config(cfg, os.path.join(out_dir, "config.yaml"))
         summary["config"] = os.path.join(out_dir, "config.yaml")
-    else:
+    elif args.stage == "describe":
         summary = describe_space(cfg)
         log(f"space {summary['space']}: {summary['architectures']:.3g} architectures, "
             f"{summary['layers']} layers, {len(summary['searchable'])} searchable")
         log(f"vital layers (stage 1): {', '.join(summary['vital'])}")
         log(f"non-vital layers (stage 2): {', '.join(summary['nonvital'])}")
-        log("the two-stage search arrives with the search engine; for now run "
-            "'--stage proposals' to solve the space proposals for the targets")
-        summary["stage"] = "all"
+    else:
+        summary = run_full_search(cfg, args)
     if args.json:
         emit_json(summary)
     return 0
@@ -65,6 +89,12 @@ def parser():
     p = common_parser(__doc__)
     p.add_argument("--stage", choices=STAGES, default="all",
                    help="which part of the search to run (default: all)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the search in --output_dir from its checkpoint")
+    p.add_argument("--no-vital-priori", dest="no_vital_priori", action="store_true",
+                   help="ablation (Table 4): one stage over all layers, no vital-block priori")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel worker under msrun/mpirun (see scripts/)")
     return p
 
 

@@ -82,4 +82,15 @@ def derive(log_probs: np.ndarray, table: ResourceTable, targets: dict[str, float
         ch, sc = found
         c = table.cost(np.eye(log_probs.shape[1])[ch])
         return Derived(ch, sc, c, "beam", _within(c, targets, tol))
-    return Derived(choices, score, cost, "argmax", False)
+    # Nothing within tolerance (a small space may have no such architecture): the most probable
+    # one within the smallest wider band, reported as not within tolerance.
+    wider = tol
+    for _ in range(8):
+        wider *= 2
+        found = beam_search(log_probs, table, targets, wider, beam)
+        if found is not None:
+            ch, sc = found
+            c = table.cost(np.eye(log_probs.shape[1])[ch])
+            return Derived(ch, sc, c, f"beam (no architecture within ±{tol:.0%}; "
+                           f"best within ±{wider:.0%})", False)
+    return Derived(choices, score, cost, "argmax (no architecture near the targets)", False)

@@ -603,6 +603,9 @@ class SearchRun:
                 plot_search(self.out, space, self.targets)
             except ImportError:
                 pass
+        if not d.within:
+            log(f"warning: no architecture within ±{self.p.tolerance:.0%} of every target was "
+                f"found; taking the most probable one nearest to them")
         log(f"derived ({d.method}): params {format_size(achieved.get('params', 0))}, "
             f"FLOPs {format_size(achieved.get('flops', 0))} for targets " + ", ".join(
                 f"{k} {_fmt(k, v)} ({rel[k]:+.2%})" for k, v in self.targets.items()))

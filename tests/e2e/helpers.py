@@ -1,0 +1,28 @@
+"""Running the real CLI in a subprocess."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def cli_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+    env["GLOG_v"] = "3"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_cli(script: str, *args: str, timeout: int = 600, check: bool = True):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
+                          env=cli_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} exited {proc.returncode}\n"
+                             f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
