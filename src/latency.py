@@ -55,6 +55,12 @@ def _time_cell(cell, shape: tuple, warmup: int, repeats: int) -> float:
     return 1e3 * float(np.median(times))
 
 
+def _layer_key(layer) -> dict:
+    """What a layer's entries depend on: shape and candidate ops."""
+    return {"label": layer.label, "c_in": layer.c_in, "c_out": layer.c_out,
+            "stride": layer.stride, "h_in": layer.h_in, "ops": [o.name for o in layer.ops]}
+
+
 def measure_latency_table(space: Space, warmup: int = 3, repeats: int = 20, batch: int = 1,
                           log=None) -> dict:
     """Measure every layer x candidate op of ``space`` on the current device; returns the
@@ -100,8 +106,7 @@ def measure_latency_table(space: Space, warmup: int = 3, repeats: int = 20, batc
         "format": FORMAT, "space": space.name, "device_target": device,
         "host": platform.node(), "batch": batch, "warmup": warmup, "repeats": repeats,
         "unit": "ms", "statistic": "median",
-        "layers": [{"label": layer.label, "ops": [o.name for o in layer.ops]}
-                   for layer in space.layers],
+        "layers": [_layer_key(layer) for layer in space.layers],
         "table_ms": rows, "fixed_ms": fixed_ms,
         "measure_seconds": time.perf_counter() - t_start,
     }
@@ -133,10 +138,8 @@ def load_latency_table(path: str, space: Space) -> np.ndarray:
     """The table of ``path`` as a (num_layers, max_ops) float array for ``space`` (NaN where a
     layer has fewer ops); the file must have been measured for this space's layers and ops."""
     data = read_latency_file(path)
-    layers = data.get("layers", [])
-    expected = [(layer.label, [o.name for o in layer.ops]) for layer in space.layers]
-    found = [(r.get("label"), list(r.get("ops", []))) for r in layers]
-    if found != expected:
+    found = data.get("layers", [])
+    if data.get("space") != space.name or found != [_layer_key(la) for la in space.layers]:
         raise HourNASError(f"latency table '{path}' was measured for space "
                            f"'{data.get('space')}' and does not match the layers and ops of "
                            f"space '{space.name}'; measure one for it with "

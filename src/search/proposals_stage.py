@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
+
 from src.checkpoint import atomic_write_text
 from src.cli import log
 from src.errors import HourNASError
@@ -75,6 +77,12 @@ def run_proposals_stage(cfg: SearchConfig, output_dir: str) -> dict:
                        "blocks": arch.block_strings(),
                        "cost": table.cost(_one_hot(choices, table))})
     final = reports[-1]
+    if final["argmax"]["all_within_5pct"] < 0.5:
+        med = {k: float(np.median(v)) for k, v in final["argmax"]["relative_error"].items()}
+        log("warning: most proposals' arg-max architectures miss a target by more than 5% "
+            "(median relative error " + ", ".join(f"{k} {v:+.1%}" for k, v in med.items())
+            + "): each target is inside its range, but together they may not be reachable "
+              "in this space")
     report = {"space": space.name, "layers": [space.layers[i].label for i in table.layers],
               "targets": targets, "feasible_range": ranges,
               "solve_seconds": props.solve_seconds, "settings": props.settings,
@@ -102,6 +110,5 @@ def run_proposals_stage(cfg: SearchConfig, output_dir: str) -> dict:
 
 
 def _one_hot(choices, table: ResourceTable):
-    import numpy as np
     num_ops = next(iter(table.table.values())).shape[1]
     return np.eye(num_ops)[np.asarray(choices, dtype=int)]
