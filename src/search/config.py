@@ -30,6 +30,7 @@ class ProposalConfig:
     tau_final: float | None = None  # solver's final temperature; null = min(report_taus)
     init_std: float = 0.1          # θ_j ~ N(0, init_std^2): near-uniform, different per proposal
     orthogonality: str = "cosine"  # cosine: |cos| of per-layer-centred θ's; paper: |ΘΘᵀ - I| raw
+    resolve: int = 2               # re-solves of proposals whose arg-max net misses a target by >5%
     seed: int = 0
     targets: dict[str, Size] = field(default_factory=lambda: {"params": 4.8e6, "flops": 295e6})
     latency_table: str | None = None
@@ -49,8 +50,9 @@ class ProposalConfig:
             raise HourNASError("proposal.tau and proposal.tau_final must be > 0")
         if not self.report_taus or any(t <= 0 for t in self.report_taus):
             raise HourNASError("proposal.report_taus must be a non-empty list of temperatures > 0")
-        if self.init_std <= 0 or self.lr <= 0 or self.beta < 0:
-            raise HourNASError("proposal.init_std and proposal.lr must be > 0, proposal.beta >= 0")
+        if self.init_std <= 0 or self.lr <= 0 or self.beta < 0 or self.resolve < 0:
+            raise HourNASError("proposal.init_std and proposal.lr must be > 0, proposal.beta "
+                               "and proposal.resolve >= 0")
         if self.orthogonality not in ORTHOGONALITY:
             raise HourNASError(f"unknown proposal.orthogonality '{self.orthogonality}'; valid: "
                                f"{', '.join(ORTHOGONALITY)}")
