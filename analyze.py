@@ -82,10 +82,15 @@ def parser() -> argparse.ArgumentParser:
     abl.add_argument("--set-name", dest="set_name", default="all",
                      choices=("m", "priori", "sampler", "all"),
                      help="m: Table 2, priori: Table 4, sampler: Table 5, all (default)")
+    abl.add_argument("--configs", nargs="+", metavar="NAME",
+                     help="run these configs of config/ablation/ instead of a set (e.g. m8)")
     abl.add_argument("--full", action="store_true",
                      help="the full-length configs (config/ablation/full/) instead of the tiny ones")
     abl.add_argument("--retrain-epochs", dest="retrain_epochs", type=int, default=0, metavar="N",
                      help="retrain each derived arch.yaml with train.py for N epochs (0: skip)")
+    abl.add_argument("--train-config", dest="train_config", metavar="PATH",
+                     help="train.py --config for retraining (default: train.py's own default, "
+                          "the digits recipe); dataset and resolution follow the search's")
     abl.add_argument("--reuse", action="store_true",
                      help="keep searches that already finished in --output_dir")
     abl.add_argument("--dry-run", dest="dry_run", action="store_true",
@@ -171,11 +176,12 @@ def cmd_ablations(args) -> int:
     if args.data_path:
         passthrough += ["--data_path", args.data_path]
     search_args = passthrough + [a for item in args.overrides for a in ("--set", item)]
+    train_args = passthrough + (["--config", args.train_config] if args.train_config else [])
     out = args.output_dir or os.path.join("runs", "ablations" + ("_full" if args.full else ""))
     rows, paths = run_ablations(args.set_name, out, full=args.full,
                                 retrain_epochs=args.retrain_epochs, search_args=search_args,
-                                train_args=passthrough, reuse=args.reuse, dry_run=args.dry_run,
-                                log=log)
+                                train_args=train_args, reuse=args.reuse, dry_run=args.dry_run,
+                                configs=args.configs, log=log)
     if args.dry_run:
         return 0
     with open(paths["markdown"], encoding="utf-8") as f:

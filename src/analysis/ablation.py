@@ -10,7 +10,7 @@ and ``config/ablation/full/`` (built on ``config/search/fbnet_cifar10.yaml``):
 m8 (the paper's setting: 8 proposals, vital priori, Gumbel-Max) is the shared baseline. Each
 config runs as ``python search.py --config C --output_dir D/NAME --json`` in a subprocess (its
 output in D/NAME/search.out), optionally followed by ``python train.py --arch D/NAME/arch.yaml
---epochs N``; the results go into one table (Markdown and CSV).
+--epochs N`` on the search's dataset and resolution; the results go into one table (Markdown and CSV).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -42,6 +43,11 @@ WHAT = {"m": "Table 2: number of space proposals m",
 
 class AblationUnavailable(HourNASError):
     """A piece the runner needs (search.py, a base config) is not in this checkout."""
+
+
+def available_configs(full: bool = False) -> list[str]:
+    folder = os.path.join(ABLATION_DIR, "full") if full else ABLATION_DIR
+    return sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml"))
 
 
 def config_names(set_name: str) -> list[str]:
@@ -201,17 +207,43 @@ def _run(cmd: list[str], log_path: str) -> tuple[int, str | None, float]:
     returns (exit code, last stdout line that parses as a JSON object, seconds)."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     t0 = time.perf_counter()
+    stopped = []
     with open(log_path, "w", encoding="utf-8") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
-        log.write(proc.stdout)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
+
+        def forward(signum, _frame):  # let the child save its state and stop cleanly
+            stopped.append(signum)
+            proc.send_signal(signum)
+
+        old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            stdout, _ = proc.communicate()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        log.write(stdout)
+    if stopped:
+        raise KeyboardInterrupt(f"stopped by signal {stopped[0]}; the interrupted run is in "
+                                f"{os.path.dirname(log_path)}")
     last = None
-    for line in reversed(proc.stdout.strip().splitlines()):
+    for line in reversed(stdout.strip().splitlines()):
         if line.startswith("{"):
             last = line
             break
     return proc.returncode, last, time.perf_counter() - t0
+
+
+def same_data(run_dir: str) -> list[str]:
+    """train.py overrides that retrain on the search's dataset at the search's resolution."""
+    path = os.path.join(run_dir, "config.yaml")
+    data = (read_yaml(path).get("data") or {}) if os.path.isfile(path) else {}
+    out = []
+    for key in ("name", "image_size"):
+        if data.get(key) is not None:
+            out += ["--set", f"data.{key}={data[key]}"]
+    return out
 
 
 def search_command(name: str, full: bool, run_dir: str, extra: list[str]) -> list[str]:
@@ -227,14 +259,19 @@ def train_command(arch_yaml: str, epochs: int, out_dir: str, extra: list[str]) -
 def run_ablations(set_name: str, output_dir: str, *, full: bool = False,
                   retrain_epochs: int = 0, search_args: list[str] | None = None,
                   train_args: list[str] | None = None, reuse: bool = False,
-                  dry_run: bool = False,
+                  dry_run: bool = False, configs: list[str] | None = None,
                   log: Callable[[str], None] = print) -> tuple[list[AblationRow], dict]:
-    """Run every config of ``set_name``; write ablations.md / ablations.csv in ``output_dir``.
+    """Run every config of ``set_name`` (or the named ``configs``); write ablations.md /
+    ablations.csv in ``output_dir``.
     Returns (rows, paths). A failed run is a row with its status; the caller decides the
     exit code."""
     from src.checkpoint import atomic_write_text
 
-    names = config_names(set_name)
+    names = list(configs) if configs else config_names(set_name)
+    for name in names:
+        if name not in available_configs(full):
+            raise HourNASError(f"unknown ablation config '{name}'; valid: "
+                               f"{', '.join(available_configs(full))}")
     if retrain_epochs < 0:
         raise HourNASError(f"--retrain-epochs must be >= 0, got {retrain_epochs}")
     search_args, train_args = list(search_args or []), list(train_args or [])
@@ -276,7 +313,8 @@ def run_ablations(set_name: str, output_dir: str, *, full: bool = False,
             arch_yaml = os.path.join(run_dir, "arch.yaml")
             out = os.path.join(run_dir, "retrain")
             log(f"  retraining {arch_yaml} for {retrain_epochs} epoch(s)")
-            code, last, _ = _run(train_command(arch_yaml, retrain_epochs, out, train_args),
+            code, last, _ = _run(train_command(arch_yaml, retrain_epochs, out,
+                                               train_args + same_data(run_dir)),
                                  os.path.join(run_dir, "retrain.out"))
             row.retrain_epochs = retrain_epochs
             if code == 0 and last:
@@ -286,9 +324,13 @@ def run_ablations(set_name: str, output_dir: str, *, full: bool = False,
                 row.status = f"retrain failed (exit {code}): {_tail(os.path.join(run_dir, 'retrain.out'))}"
                 log(f"  {row.status}")
         rows.append(row)
-    title = (f"HourNAS ablations ({set_name}: "
-             + ("; ".join(WHAT[s] for s in SETS) if set_name == "all" else WHAT[set_name])
-             + (", full configs" if full else ", tiny configs") + ")")
+    if configs:
+        what = ", ".join(configs)
+    elif set_name == "all":
+        what = "all: " + "; ".join(WHAT.values())
+    else:
+        what = f"{set_name}: {WHAT[set_name]}"
+    title = f"HourNAS ablations ({what}; {'full' if full else 'tiny'} configs)"
     paths = {"markdown": os.path.join(output_dir, "ablations.md"),
              "csv": os.path.join(output_dir, "ablations.csv")}
     atomic_write_text(paths["markdown"], table_markdown(rows, title))

@@ -70,7 +70,7 @@ def checkpoint(tmp_path_factory):
 def test_importance_cli_on_a_train_py_checkpoint(checkpoint, tmp_path):
     out = tmp_path / "imp"
     proc = run("analyze.py", "importance", "--ckpt", checkpoint, "--p", "0.5", "1.0",
-               "--seeds", "2", "--max_images", "200", "--output_dir", str(out), "--json")
+               "--seeds", "1", "--max_images", "100", "--output_dir", str(out), "--json")
     result = last_json(proc)
     names = {"importance.json", "importance.csv", "importance_p0.5.png", "importance_p1.png",
              "importance_all.png"}
@@ -78,7 +78,7 @@ def test_importance_cli_on_a_train_py_checkpoint(checkpoint, tmp_path):
     assert result["rows"] == 7 * 2  # stem, 5 layers, head x 2 probabilities
     assert set(result["summary"]) == {"0.5", "1", "all_p"}
     table = json.loads((out / "importance.json").read_text())
-    assert table["images"] == 200 and table["dataset"] == "digits"
+    assert table["images"] == 100 and table["dataset"] == "digits"
     assert "vital blocks hurt" in proc.stderr
 
 
@@ -101,15 +101,19 @@ def test_ablations_dry_run_lists_the_commands(tmp_path):
     assert "train.py" in lines[1] and "--epochs 2" in lines[1]
 
 
-def test_ablations_run_tiny_priori_set(tmp_path):
+def test_ablations_run_one_tiny_config(tmp_path):
+    """The runner around the real search.py: one tiny config, one step per stage."""
     missing = [p for p in ("search.py", "config/search/default.yaml") if not (ROOT / p).is_file()]
     if missing:
         pytest.skip(f"the ablation runner needs {' and '.join(missing)}, not in this checkout yet")
-    proc = run("analyze.py", "ablations", "--set-name", "priori", "--output_dir", str(tmp_path),
-               "--json", timeout=900, check=False)
+    proc = run("analyze.py", "ablations", "--configs", "no_vital_priori", "--output_dir",
+               str(tmp_path), "--set", "search.steps_per_epoch=1", "--set",
+               "proposal.report_samples=100", "--json", timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = last_json(proc)
-    assert [r["config"] for r in result["rows"]] == ["m8", "no_vital_priori"]
-    assert result["rows"][1]["vital_priori"] is False
-    assert all(r["achieved_params"] and r["stage2_s"] is not None for r in result["rows"])
-    assert (tmp_path / "ablations.md").is_file() and (tmp_path / "ablations.csv").is_file()
+    (row,) = result["rows"]
+    assert (row["config"], row["m"], row["vital_priori"], row["status"]) == \
+        ("no_vital_priori", 8, False, "ok")
+    assert row["target_params"] == 150e3 and abs(row["params_error"]) < 0.05
+    assert row["stage1_vital_s"] is None and row["stage2_s"] > 0
+    assert "| no_vital_priori | 8 | no |" in (tmp_path / "ablations.md").read_text()

@@ -222,8 +222,11 @@ def test_ablation_sets_and_configs():
                            (True, "../../search/fbnet_cifar10.yaml")):
             data = read_yaml(ablation.config_path(name, full))
             assert data["_base_"] == base
-            assert data["proposal"] == {"m": m}
-            assert data["search"] == {"vital_priori": priori, "sampler": sampler}
+            assert data["proposal"]["m"] == m
+            assert data["search"]["vital_priori"] is priori
+            assert data["search"]["sampler"] == sampler
+            assert ("steps_per_epoch" in data["search"]) is not full  # tiny ones are cut short
+    assert ablation.available_configs() == ablation.available_configs(full=True) == sorted(expect)
 
 
 def test_ablation_configs_load_with_the_search_schema():
@@ -257,3 +260,66 @@ def test_ablation_runner_names_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(ablation, "ROOT", str(tmp_path))  # a checkout without search.py
     with pytest.raises(ablation.AblationUnavailable, match="search.py is not in this checkout"):
         ablation.run_ablations("priori", str(tmp_path / "out"), log=lambda m: None)
+
+
+def test_retraining_uses_the_search_data(tmp_path):
+    (tmp_path / "config.yaml").write_text("space: x\ndata: {name: digits, image_size: 16, "
+                                          "path: null}\n")
+    assert ablation.same_data(str(tmp_path)) == ["--set", "data.name=digits",
+                                                 "--set", "data.image_size=16"]
+    assert ablation.same_data(str(tmp_path / "none")) == []
+
+
+FAKE_SEARCH = '''
+import json, os, sys
+a = sys.argv
+cfg, out = a[a.index("--config") + 1], a[a.index("--output_dir") + 1]
+os.makedirs(out, exist_ok=True)
+name = os.path.basename(cfg)[:-5]
+if name == "gumbel_softmax":
+    print("error: this one fails", file=sys.stderr)
+    sys.exit(2)
+open(os.path.join(out, "config.yaml"), "w").write(
+    "proposal: {m: 8}\\nsearch: {vital_priori: true, sampler: gumbel_max}\\n"
+    "data: {name: digits, image_size: 32}\\n")
+open(os.path.join(out, "arch.yaml"), "w").write("name: x\\n")
+json.dump({"targets": {"params": 150e3, "flops": 20e6}, "achieved": {"params": 151e3,
+           "flops": 19e6}, "relative_error": {"params": 0.0067, "flops": -0.05},
+           "stage_seconds": {"vital": 1.5, "nonvital": 2.5}},
+          open(os.path.join(out, "summary.json"), "w"))
+print(json.dumps({"args": a[1:]}))
+'''
+FAKE_TRAIN = '''
+import json, sys
+print("training ...")
+print(json.dumps({"best_top1": 91.25, "args": sys.argv[1:]}))
+'''
+
+
+def test_ablation_runner_with_stand_in_entry_points(tmp_path, monkeypatch):
+    """The runner's plumbing (commands, retraining, failures, table) without a real search."""
+    (tmp_path / "search.py").write_text(FAKE_SEARCH)
+    (tmp_path / "train.py").write_text(FAKE_TRAIN)
+    (tmp_path / "config" / "search").mkdir(parents=True)
+    (tmp_path / "config" / "search" / "default.yaml").write_text("space: x\n")
+    monkeypatch.setattr(ablation, "ROOT", str(tmp_path))
+    logs = []
+    rows, paths = ablation.run_ablations("sampler", str(tmp_path / "out"), retrain_epochs=2,
+                                         search_args=["--set", "a=1"], log=logs.append)
+    ok, failed = rows
+    assert (ok.config, ok.status, ok.retrain_top1, ok.retrain_epochs) == ("m8", "ok", 91.25, 2)
+    assert ok.achieved == {"params": 151e3, "flops": 19e6} and ok.search_wall_s > 0
+    assert failed.config == "gumbel_softmax"
+    assert failed.status == "search failed (exit 2): error: this one fails"
+    retrain_log = (tmp_path / "out" / "m8" / "retrain.out").read_text()
+    assert "--epochs 2" in retrain_log and "data.image_size=32" in retrain_log
+    assert "--set a=1" in (tmp_path / "out" / "m8" / "search.out").read_text()
+    md = open(paths["markdown"]).read()
+    assert "91.25 (2 ep)" in md and "search failed" in md
+    # a finished search is kept with --reuse
+    rows, _ = ablation.run_ablations("sampler", str(tmp_path / "out"), reuse=True,
+                                     log=logs.append)
+    assert any("reusing the finished search" in m for m in logs)
+    assert rows[0].search_wall_s is None
+    with pytest.raises(HourNASError, match="unknown ablation config 'm3'"):
+        ablation.run_ablations("m", str(tmp_path / "out"), configs=["m3"])
