@@ -376,9 +376,15 @@ def evaluate(net, data_cfg: DataConfig, batch_size: int) -> dict[str, float]:
 def network_params(params: dict, extra: dict) -> dict:
     """The weights to evaluate/export from a training checkpoint: the EMA copy when the run
     kept one, else the trained weights; keyed by the network's own parameter names."""
-    if extra.get("ema"):
-        return {k[len("ema."):]: v for k, v in params.items() if k.startswith("ema.")}
-    return params
+    names = extra.get("network")
+    if not isinstance(names, list):  # not a training checkpoint: plain network weights
+        return params
+    src = "ema." if extra.get("ema") else ""
+    missing = [n for n in names if src + n not in params]
+    if missing:
+        raise CheckpointError(f"training checkpoint lacks {len(missing)} network weights "
+                              f"({', '.join(missing[:3])}); it is damaged")
+    return {n: params[src + n] for n in names}
 
 
 def _by_name(cell) -> dict:
@@ -414,7 +420,7 @@ def load_network(ckpt: str, arch_path: str | None = None):
     else:
         arch = arch_of_checkpoint(extra, ckpt)
     net = create_model(arch)
-    load_into(net, network_params(params, extra), strict=False,
+    load_into(net, network_params(params, extra), strict=True,
               where=f"checkpoint '{ckpt}' (architecture '{arch.name}')")
     net.set_train(False)
     return net, arch, extra
@@ -652,6 +658,7 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None,
     eval_batch = p.eval_batch_size or p.batch_size
 
     state_names = [n for n in _by_name(step_cell) if n != "learning_rate"]
+    network_names = list(eval_net.parameters_dict())  # the weights eval/export load
     if resume_from:
         own = _by_name(step_cell)
         check_fit(f"checkpoint '{resume_from}'", {n: tuple(v.shape) for n, v in params_in.items()},
@@ -709,6 +716,7 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None,
                  "global_step": global_step, "steps_per_epoch": spe, "best_top1": best["top1"],
                  "best_epoch": best["epoch"], "ema": bool(p.ema), "arch": arch.to_dict(),
                  "config": to_dict(cfg), "reason": reason,
+                 "network": network_names,
                  "eval": last_eval if last_eval and last_eval.get("global_step") == global_step
                  else None, "best": best_copy}
         own = _by_name(step_cell)
