@@ -44,7 +44,7 @@ ARCH_NAME = "arch.yaml"
 CKPT_FORMAT = "hournas-train-1"
 # Keys that may change when a run is resumed: they do not change what is computed.
 # (train.epochs may grow: the schedule is recomputed for the new length from that step on.)
-RESUME_MAY_CHANGE = ("train.epochs", "train.log_every", "train.val_interval", "train.ckpt_keep",
+RESUME_MAY_CHANGE = ("arch", "train.epochs", "train.log_every", "train.val_interval", "train.ckpt_keep",
                      "train.ckpt_every", "train.eval_batch_size", "data.num_workers", "data.path",
                      "output_dir", "device_target")
 
@@ -633,6 +633,12 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None,
             raise CheckpointError(f"'{resume_from}' is not a training checkpoint of this project")
         check_resumable(extra_in["config"], cfg)
         arch = arch_of_checkpoint(extra_in, resume_from)
+        if cfg.arch and cfg.arch != extra_in["config"].get("arch"):  # same net, other path?
+            other = resolve_arch(cfg.arch, info, p)
+            if other.to_dict() != arch.to_dict():
+                raise ConfigError(f"--resume: architecture '{cfg.arch}' is not the one the run "
+                                  f"trains ('{arch.name}', stored in {resume_from}); leave "
+                                  f"--arch out or start a new run in another --output_dir")
     else:
         if not cfg.arch:
             raise ConfigError("no architecture: give --arch FILE (e.g. config/arch/fbnet_b.yaml or "
@@ -792,10 +798,10 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None,
                 if global_step % p.log_every == 0 or epoch_step == spe or len(t_steps) == 1:
                     later = t_steps[1:]
                     per_step = float(np.mean(later[-50:])) if later else t_steps[0]
-                    eta = per_step * (total_steps - global_step)
+                    eta = _fmt_time(per_step * (total_steps - global_step)) if later \
+                        else "after compile"
                     log(f"epoch {epoch}/{p.epochs} step {epoch_step}/{spe} loss {loss_v:.4f} "
-                        f"lr {lr_now:.4g} {p.batch_size / per_step:.1f} img/s "
-                        f"ETA {_fmt_time(eta)}")
+                        f"lr {lr_now:.4g} {p.batch_size / per_step:.1f} img/s ETA {eta}")
                     runlog.write(event="step", epoch=epoch, epoch_step=epoch_step,
                                  global_step=global_step, loss=loss_v, lr=lr_now,
                                  images_per_s=p.batch_size / per_step)

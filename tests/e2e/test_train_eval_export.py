@@ -169,6 +169,10 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(reference_run):
     err = proc.stderr.strip().splitlines()[-1]
     assert err.startswith("error: checkpoint") and "does not fit this network" in err
     assert "missing" in err and "Traceback" not in proc.stderr
+    # resuming the run with another architecture is refused too (the run is left as it was)
+    proc = cli("train.py", "--arch", "config/arch/fbnet_b.yaml", "--resume", "--output_dir", run,
+               check=False)
+    assert proc.returncode == 2 and "is not the one the run trains" in proc.stderr
 
 
 def test_resume_without_checkpoint_is_exit_2(tiny, tmp_path):

@@ -87,6 +87,8 @@ def test_check_resumable():
     stored = to_dict(load_config(TrainConfig, None, ["arch=x.yaml"]))
     check_resumable(stored, load_config(TrainConfig, None, ["arch=x.yaml", "train.epochs=20",
                                                              "data.num_workers=1"]))
+    # the architecture itself is compared by record in train(), not by path
+    check_resumable(stored, load_config(TrainConfig, None, ["arch=./x.yaml"]))
     with pytest.raises(ConfigError, match=r"train.lr: checkpoint 0.02, now 0.5"):
         check_resumable(stored, load_config(TrainConfig, None, ["arch=x.yaml", "train.lr=0.5"]))
 
