@@ -251,7 +251,7 @@ def block_importance(net, arch: Arch, eval_set: EvalSet, ps=DEFAULT_P, seeds: in
                 top1_per_seed=[float(a) for a in accs]))
         if log:
             drops = ", ".join(f"p={r.p:g}: {r.drop_mean:+.2f}" for r in rows[-len(ps):])
-            log(f"{b.name:>6} {'vital' if b.vital else '     '} {b.op:<10} drop (pp) {drops}")
+            log(f"{b.name:>6} {'vital' if b.vital else '     '} {b.op:<14} drop (pp) {drops}")
     later = times[1:]
     timing = {"evaluations": len(times), "first_eval_s": times[0],
               "eval_s_median": float(np.median(later)) if later else None,
