@@ -294,6 +294,8 @@ class SearchRun:
                        "w_loss": w_loss, "w_acc": w_acc, "a_loss": res["loss"],
                        "a_ce": res["ce"], "a_reg": res["reg"], "a_acc": res["acc"],
                        "path": indices, "proposal": proposal, "entropy": self._entropy(arch),
+                       **({"pi": arch.probabilities()[0].round(5).tolist()}
+                          if arch.use_proposals else {}),
                        "step_seconds": dt, **{f"path_{k}": v for k, v in cost.items()}}
                 self._log_record(rec)
                 done = self.state.stage_step - done_at_start
