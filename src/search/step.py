@@ -193,73 +193,33 @@ class Executor:
         return self.reg(a)
 
 
-class EagerExecutor(Executor):
-    name = "eager"
+class _HostPathExecutor(Executor):
+    """Shared PyNative steps; subclasses say how the supernet runs for weights ``a``."""
 
-    def weight_step(self, x, y, indices: list[int], lr: float) -> tuple[float, float]:
-        params = self.path_params(indices)
-        ones = ms.Tensor(np.ones((len(indices), max(len(c) for c in self.candidates) or 1),
-                                 np.float32))
-        net, loss_fn = self.net, self.loss_fn
+    def run_net(self, x, a, indices):
+        raise NotImplementedError
 
-        def forward(xb, yb):
-            logits = net.forward_path(xb, ones, indices)
-            return loss_fn(logits, yb), logits
-
-        grad_fn = ms.value_and_grad(forward, None, params, has_aux=True)
-        (loss, logits), grads = grad_fn(x, y)
-        if self.grad_mean is not None:
-            grads = self.grad_mean.tensors(grads)
-        self.sgd.step(params, grads, lr)
-        return float(loss.asnumpy()), _accuracy(logits, y)
-
-    def arch_step(self, x, y, g_theta, g_pi, tau: float, indices: list[int]):
-        net, arch, loss_fn, alpha = self.net, self.arch, self.loss_fn, self.alpha
-        gt = ms.Tensor(g_theta)
-        gp = ms.Tensor(g_pi) if g_pi is not None else None
-        tau_t = ms.Tensor(tau, ms.float32)
+    def _weight_update(self, x, y, params: list, a, indices) -> tuple[float, float]:
+        net_fn, loss_fn = self.run_net, self.loss_fn
 
         def forward(xb, yb):
-            a = arch(gt, gp, tau_t)
-            logits = net.forward_path(xb, a, indices)
-            ce = loss_fn(logits, yb)
-            r = self._reg(a)
-            return ce + alpha * r, (ce, r, logits)
-
-        grad_fn = ms.value_and_grad(forward, None, arch.params(), has_aux=True)
-        (loss, (ce, r, logits)), grads = grad_fn(x, y)
-        return _arch_result(arch, loss, ce, r, logits, y, grads)
-
-
-class AllPathExecutor(Executor):
-    """FBNet-style: all candidates run, weighted by Gumbel-softmax samples."""
-
-    name = "allpath"
-
-    def weight_step(self, x, y, a_weights: np.ndarray, lr: float) -> tuple[float, float]:
-        params = list(self.net.trainable_params())
-        a = ms.Tensor(a_weights.astype(np.float32))
-        net, loss_fn = self.net, self.loss_fn
-
-        def forward(xb, yb):
-            logits = net.forward_all(xb, a)
+            logits = net_fn(xb, a, indices)
             return loss_fn(logits, yb), logits
 
         (loss, logits), grads = ms.value_and_grad(forward, None, params, has_aux=True)(x, y)
         if self.grad_mean is not None:
             grads = self.grad_mean.tensors(grads)
-        self.sgd.step(params, grads, lr)
-        return float(loss.asnumpy()), _accuracy(logits, y)
+        return loss, logits, grads
 
     def arch_step(self, x, y, g_theta, g_pi, tau: float, indices=None):
-        net, arch, loss_fn, alpha = self.net, self.arch, self.loss_fn, self.alpha
+        arch, loss_fn, alpha, net_fn = self.arch, self.loss_fn, self.alpha, self.run_net
         gt = ms.Tensor(g_theta)
         gp = ms.Tensor(g_pi) if g_pi is not None else None
         tau_t = ms.Tensor(tau, ms.float32)
 
         def forward(xb, yb):
             a = arch(gt, gp, tau_t)
-            logits = net.forward_all(xb, a)
+            logits = net_fn(xb, a, indices)
             ce = loss_fn(logits, yb)
             r = self._reg(a)
             return ce + alpha * r, (ce, r, logits)
@@ -267,6 +227,39 @@ class AllPathExecutor(Executor):
         (loss, (ce, r, logits)), grads = ms.value_and_grad(
             forward, None, arch.params(), has_aux=True)(x, y)
         return _arch_result(arch, loss, ce, r, logits, y, grads)
+
+
+class EagerExecutor(_HostPathExecutor):
+    """Single path in PyNative: only the sampled ops run and only their weights move."""
+
+    name = "eager"
+
+    def run_net(self, x, a, indices):
+        return self.net.forward_path(x, a, indices)
+
+    def weight_step(self, x, y, indices: list[int], lr: float) -> tuple[float, float]:
+        params = self.path_params(indices)
+        ones = ms.Tensor(np.ones((len(indices), max(len(c) for c in self.candidates) or 1),
+                                 np.float32))
+        loss, logits, grads = self._weight_update(x, y, params, ones, indices)
+        self.sgd.step(params, grads, lr)
+        return float(loss.asnumpy()), _accuracy(logits, y)
+
+
+class AllPathExecutor(_HostPathExecutor):
+    """FBNet-style: all candidates run, weighted by Gumbel-softmax samples."""
+
+    name = "allpath"
+
+    def run_net(self, x, a, indices=None):
+        return self.net.forward_all(x, a)
+
+    def weight_step(self, x, y, a_weights: np.ndarray, lr: float) -> tuple[float, float]:
+        params = list(self.net.trainable_params())
+        a = ms.Tensor(a_weights.astype(np.float32))
+        loss, logits, grads = self._weight_update(x, y, params, a, None)
+        self.sgd.step(params, grads, lr)
+        return float(loss.asnumpy()), _accuracy(logits, y)
 
 
 class _GraphWeightStep(nn.Cell):

@@ -155,13 +155,17 @@ def format_op(op: Op) -> str:
     parts.append(f"k{op.k}")
     if op.kind == "ir":
         parts.append(f"e{_fmt_num(op.e)}")
-    if op.g != 1:
-        parts.append(f"g{op.g}")
+    return "_".join(parts + _tail_tokens(op))
+
+
+def _tail_tokens(op: Op) -> list[str]:
+    """The optional tokens after the channel count: groups, SE ratio, noskip."""
+    tail = [f"g{op.g}"] if op.g != 1 else []
     if op.se:
-        parts.append(f"se{_fmt_num(op.se)}")
+        tail.append(f"se{_fmt_num(op.se)}")
     if op.noskip:
-        parts.append("noskip")
-    return "_".join(parts)
+        tail.append("noskip")
+    return tail
 
 
 def parse_block(source: str) -> Block:
@@ -185,13 +189,7 @@ def format_block(block: Block) -> str:
     if op.kind == "ir":
         parts.append(f"e{_fmt_num(op.e)}")
     parts.append(f"c{block.c}")
-    if op.g != 1:
-        parts.append(f"g{op.g}")
-    if op.se:
-        parts.append(f"se{_fmt_num(op.se)}")
-    if op.noskip:
-        parts.append("noskip")
-    return "_".join(parts)
+    return "_".join(parts + _tail_tokens(op))
 
 
 def with_se(op: Op, se: float) -> Op:
