@@ -118,7 +118,8 @@ class SearchRun:
         self.w_idx, self.a_idx = search_split(cfg.data, self.p.val_fraction, self.p.seed)
         self.executor_name = self._executor_name()
         self._stop_signal = None
-        self._stage_start = None
+        # a live progress bar on a terminal; plain lines (log_every) everywhere
+        self._bar = self.is_main and sys.stderr.isatty()
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -299,9 +300,13 @@ class SearchRun:
                        "step_seconds": dt, **{f"path_{k}": v for k, v in cost.items()}}
                 self._log_record(rec)
                 done = self.state.stage_step - done_at_start
+                el = time.perf_counter() - t_stage
+                eta = el / max(done, 1) * (total - self.state.stage_step)
+                if self._bar:
+                    _progress_bar(stage, self.state.stage_step, total, el / max(done, 1), eta)
                 if self.state.stage_step % self.p.log_every == 0 or self.state.stage_step == total:
-                    el = time.perf_counter() - t_stage
-                    eta = el / max(done, 1) * (total - self.state.stage_step)
+                    if self._bar:
+                        sys.stderr.write("\r\033[K")
                     log(f"[{stage}] epoch {self.state.epoch + 1}/{epochs} step "
                         f"{self.state.step}/{steps} | {el / max(done, 1):.2f} s/step | ETA "
                         f"{_hms(eta)} | w_loss {w_loss:.3f} acc {w_acc:.2f} | a_loss "
@@ -634,6 +639,14 @@ def _ranked_choices(log_probs: np.ndarray, limit: int):
                 if nxt not in seen:
                     seen.add(nxt)
                     heapq.heappush(heap, (-score(nxt), nxt))
+
+
+def _progress_bar(stage: str, done: int, total: int, per_step: float, eta: float) -> None:
+    width = 30
+    fill = int(width * done / max(total, 1))
+    sys.stderr.write(f"\r[{stage}] |{'#' * fill}{'.' * (width - fill)}| {done}/{total} "
+                     f"{per_step:.2f} s/step ETA {_hms(eta)}")
+    sys.stderr.flush()
 
 
 def _hms(seconds: float) -> str:
