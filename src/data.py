@@ -95,8 +95,12 @@ def sample_order(indices: np.ndarray, *, shuffle: bool = False, seed: int = 0, e
     """The order a run visits ``indices`` in one epoch, before resuming skips any batches.
 
     Shuffling permutes with ``np.random.default_rng([seed, epoch])``. A shard ``(rank, size)``
-    takes the rank's contiguous slice of ``len // size`` items, so all ranks run the same number
-    of steps; the ``len % size`` items at the end of the (shuffled) order sit out this epoch.
+    takes every ``size``-th item from position ``rank`` (``len // size`` items), so all ranks run
+    the same number of steps; the ``len % size`` items at the end of the (shuffled) order sit
+    out this epoch. Strided, not contiguous: with a per-rank batch of ``B / size``, the k-th
+    batches of the ranks together are exactly the k-th batch of ``B`` a single process takes
+    from the same order, so a data-parallel step (mean of the ranks' gradients) computes the
+    single-process full-batch step.
     """
     order = np.asarray(indices, dtype=np.int64).reshape(-1)
     if shuffle:
@@ -108,7 +112,7 @@ def sample_order(indices: np.ndarray, *, shuffle: bool = False, seed: int = 0, e
         per = len(order) // size
         if per == 0:
             raise DataError(f"{len(order)} samples cannot be split over {size} shards")
-        order = order[rank * per:(rank + 1) * per]
+        order = order[:per * size][rank::size]
     return order
 
 

@@ -47,7 +47,8 @@ def test_shards_are_disjoint_equal_and_cover(n, size):
     assert len({len(p) for p in parts}) == 1
     joined = np.concatenate(parts)
     assert len(set(joined.tolist())) == len(joined)            # disjoint
-    assert np.array_equal(joined, order[:len(joined)])        # cover all but n % size
+    interleaved = np.stack(parts, axis=1).reshape(-1)       # strided: rank r has r, r+size, ...
+    assert np.array_equal(interleaved, order[:len(joined)])   # cover all but n % size
     assert len(joined) == n - n % size
 
 
