@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -79,14 +80,70 @@ def atomic_write(path: str, write_fn: Callable[[str], Any]) -> str:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         for leftover in (tmp, prefix + ".tmp"):  # ms.save_checkpoint's own x.tmp.tmp
             try:
                 os.remove(leftover)
             except OSError:
                 pass
+        if isinstance(e, OSError):  # disk full, quota, file size limit, I/O error
+            from src.cli import os_error_hint
+            kept = "the previous file is kept" if os.path.exists(path) else "nothing was written"
+            raise CheckpointError(f"writing '{path}' failed: {e.strerror or e}; "
+                                  f"{os_error_hint(e.errno)}; {kept}") from e
         raise
     _fsync_dir(directory)
+    return path
+
+
+# what atomic_write leaves when its process is killed: .{stem}.{8 hex}.tmp{ext}
+# (or ms.save_checkpoint's own .{stem}.{8 hex}.tmp.tmp)
+_TEMP_RE = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp(\.[^.]+)?(\.tmp)?$")
+
+
+def _is_temp_name(name: str) -> bool:
+    return bool(_TEMP_RE.match(name))
+
+
+def remove_stale_temps(directory: str) -> list[str]:
+    """Delete the temp files that killed ``atomic_write`` calls left in ``directory`` (a run
+    that owns the folder calls this when it starts). Returns the names removed."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(directory, name)
+        if _is_temp_name(name) and os.path.isfile(path):
+            try:
+                os.remove(path)
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
+def check_output_dir(path: str, flag: str = "--output_dir") -> str:
+    """Raise CheckpointError unless ``path`` is (or can be created as) a writable folder.
+    Creates nothing, so a run that fails later leaves no empty folder behind."""
+    path = os.fspath(path)
+    full = os.path.abspath(path)
+    if os.path.exists(full) and not os.path.isdir(full):
+        raise CheckpointError(f"output folder '{path}' is a file, not a folder; give {flag} a "
+                              f"folder (new or existing)")
+    probe = full
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise CheckpointError(f"cannot create output folder '{path}': '{probe}' is a file, not a "
+                              f"folder; give {flag} a path under a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise CheckpointError(f"output folder '{path}' is not writable ('{probe}' does not allow "
+                              f"writing); give {flag} a folder you can write to")
     return path
 
 
@@ -279,6 +336,15 @@ def load_checkpoint(path: str, expected: Mapping[str, tuple] | None = None) -> t
         check_fit(f"checkpoint '{path}'", {n: tuple(p.shape) for n, p in params.items()},
                   {n: tuple(s) for n, s in expected.items()})
     return params, extra
+
+
+def require_training_checkpoint(path: str, extra: Mapping[str, Any]) -> None:
+    """Refuse a search state (``search_state.ckpt``) where a trained network is expected."""
+    if extra.get("kind") == "hournas-search":
+        raise CheckpointError(f"'{path}' is a search state (search_state.ckpt), not a trained "
+                              f"network; retrain the searched architecture with 'python train.py "
+                              f"--arch {os.path.join(os.path.dirname(path) or '.', 'arch.yaml')}' "
+                              f"and give its checkpoint ({{arch}}_best.ckpt)")
 
 
 def load_into(cell: Any, params: Mapping[str, Any], strict: bool = True,

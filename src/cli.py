@@ -9,7 +9,8 @@
     if __name__ == "__main__":
         sys.exit(run_main(main, parser=common_parser(__doc__)))
 
-Exit codes: 0 ok, 1 internal error, 2 usage or HourNASError, 130 interrupted.
+Exit codes: 0 ok, 1 internal error, 2 usage, HourNASError or a failed file operation (a
+path that is not writable, a full disk), 130 interrupted.
 With ``--json`` the last line on stdout is one JSON object and ``log`` writes to stderr.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import errno
 import json
 import math
 import os
@@ -135,6 +137,36 @@ def overrides_from_args(args: argparse.Namespace, schema_cls: type) -> list[str]
 
 # ----------------------------------------------------------------------------- main wrapper
 
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full; free space or choose an --output_dir on another disk",
+    errno.EDQUOT: "the disk quota is exhausted; free space or choose another --output_dir",
+    errno.EACCES: "permission denied; choose a path you may read/write (e.g. another --output_dir)",
+    errno.EPERM: "permission denied; choose a path you may read/write (e.g. another --output_dir)",
+    errno.EROFS: "the file system is read-only; choose another --output_dir",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; fix the path",
+    errno.EISDIR: "it is a folder where a file is expected; fix the path",
+    errno.ENOENT: "it does not exist; check the path",
+    errno.ENAMETOOLONG: "the path is too long; use a shorter one",
+    errno.EFBIG: "the file is larger than this process may write (ulimit -f) or the file system "
+                 "allows; raise the limit or choose another --output_dir",
+    errno.EIO: "the storage reported an I/O error; check the disk or choose another --output_dir",
+}
+
+
+def os_error_hint(code: int | None) -> str:
+    """What to do about a failed file operation with this errno."""
+    return _OS_HINTS.get(code, "check the path, its permissions and the free disk space")
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for a failed file operation: what, where, what to do."""
+    where = f" '{e.filename}'" if e.filename else ""
+    if getattr(e, "filename2", None):
+        where += f" -> '{e.filename2}'"
+    what = e.strerror or _one_line(e) or type(e).__name__
+    return f"file operation failed on{where or ' a file'}: {what}; {os_error_hint(e.errno)}"
+
+
 def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
@@ -142,7 +174,9 @@ def _one_line(text: str) -> str:
 def run_main(main_fn: Callable[[argparse.Namespace], int | None], argv: Sequence[str] | None = None,
              parser: argparse.ArgumentParser | None = None) -> int:
     """Parse ``argv`` with ``parser`` (default ``common_parser``), run ``main_fn(args)`` and
-    return its exit code. HourNASError -> ``error: <msg>`` on stderr, SystemExit(2);
+    return its exit code. HourNASError -> ``error: <msg>`` on stderr, SystemExit(2); an
+    OSError about a path (not writable, disk full, ...) -> ``error: file operation failed on
+    '<path>': <why>; <what to do>``, SystemExit(2);
     Ctrl-C -> SystemExit(130); any other exception -> one ``error: internal error`` line,
     SystemExit(1). ``--debug`` adds the traceback. Usage errors exit 2 (argparse)."""
     parser = parser or common_parser(main_fn.__doc__)
@@ -155,6 +189,16 @@ def run_main(main_fn: Callable[[argparse.Namespace], int | None], argv: Sequence
         if debug:
             traceback.print_exc()
         print(f"error: {_one_line(e) or type(e).__name__}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    except OSError as e:
+        if debug:
+            traceback.print_exc()
+        if not (e.filename or e.errno in _OS_HINTS):  # not about a path: an internal error
+            print(f"error: internal error: {type(e).__name__}: {_one_line(e)[:300]}"
+                  f"{'' if debug else ' (run with --debug for the traceback)'}",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+        print(f"error: {os_error_message(e)}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         if debug:
