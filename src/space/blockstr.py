@@ -128,7 +128,8 @@ def _make_op(kind: str, v: dict, source: str) -> Op:
     if "k" not in v:
         raise BlockStringError(f"missing kernel token 'k<n>' in '{source}'")
     if v["k"] % 2 == 0:
-        raise BlockStringError(f"kernel size must be odd in '{source}'")
+        raise BlockStringError(f"kernel size must be odd in '{source}' (got k{v['k']}; valid: "
+                               f"k1, k3, k5, k7, ...)")
     if kind == "ds":
         if v.get("e", 1) != 1 or "g" in v:
             raise BlockStringError(f"'ds' (depthwise-separable) blocks have no expansion or groups: "

@@ -196,20 +196,77 @@ def _check_keys(data: dict, valid: set, where: str) -> None:
                            f"{', '.join(sorted(valid))}")
 
 
+def _int(data: dict, key: str, where: str, minimum: int = 1, default=None, optional=False):
+    """``data[key]`` as an int >= ``minimum`` (a hand-edited file gets one clear line)."""
+    value = data.get(key, default)
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        null = " or null" if optional else ""
+        raise HourNASError(f"{where}: '{key}' must be an integer >= {minimum}{null}, got "
+                           f"{value!r}")
+    return value
+
+
+def _dropout(data: dict, where: str) -> float:
+    value = data.get("dropout", 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise HourNASError(f"{where}: 'dropout' must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _name(data: dict, where: str) -> str:
+    value = data["name"]
+    if not isinstance(value, str) or not value.strip():
+        raise HourNASError(f"{where}: 'name' must be a non-empty string, got {value!r}")
+    return value
+
+
+def _parse_all(strings, parse, what: str, where: str) -> list:
+    """Parse each op/block string; errors say which file and which entry."""
+    from src.space.blockstr import BlockStringError
+
+    if not isinstance(strings, list) or not strings:
+        raise HourNASError(f"{where}: '{what}' must be a non-empty list of {what[:-1]} strings, "
+                           f"got {strings!r}")
+    out = []
+    for i, text in enumerate(strings):
+        try:
+            out.append(parse(text))
+        except BlockStringError as e:
+            raise BlockStringError(f"{where}: {what}[{i}]: {e}") from None
+    return out
+
+
 def _conventions(data: dict | None, where: str) -> Conventions:
     data = data or {}
     valid = set(Conventions.__dataclass_fields__)
-    _check_keys(data, valid, f"{where}: conventions")
+    w = f"{where}: conventions"
+    _check_keys(data, valid, w)
+    for key in ("expand_at_e1", "se_bias"):
+        if key in data and not isinstance(data[key], bool):
+            raise HourNASError(f"{w}: '{key}' must be true or false, got {data[key]!r}")
+    if "se_min" in data:
+        _int(data, "se_min", w)
     conv = Conventions(**data)
-    conv.validate()
+    try:
+        conv.validate()
+    except HourNASError as e:
+        raise HourNASError(f"{w}: {e}") from None
     return conv
 
 
 def _stem(data, where: str) -> StemSpec:
-    if isinstance(data, int):
-        return StemSpec(c=data)
+    if isinstance(data, int) and not isinstance(data, bool):
+        return StemSpec(c=_int({"c": data}, "c", f"{where}: stem"))
     _check_keys(data, {"c", "k", "s"}, f"{where}: stem")
-    return StemSpec(**data)
+    w = f"{where}: stem"
+    if "c" not in data:
+        raise HourNASError(f"{w}: missing key 'c' (output channels)")
+    k = _int(data, "k", w, default=StemSpec.k)
+    if k % 2 == 0:
+        raise HourNASError(f"{w}: kernel 'k' must be odd (e.g. 3, 5), got {k}")
+    return StemSpec(c=_int(data, "c", w), k=k, s=_int(data, "s", w, default=StemSpec.s))
 
 
 def _read_yaml(path: str) -> dict:
@@ -244,17 +301,31 @@ def space_from_dict(data: dict, where: str = "space", width_mult: float = 1.0) -
             raise HourNASError(f"{where}: missing key '{key}'")
     if width_mult <= 0:
         raise HourNASError(f"width_mult must be positive, got {width_mult}")
+    _name(data, where)
+    input_size = _int(data, "input_size", where, minimum=8)
+    num_classes = _int(data, "num_classes", where)
+    head = _int(data, "head", where, optional=True)
+    in_channels = _int(data, "in_channels", where, default=3)
+    dropout = _dropout(data, where)
     conv = _conventions(data.get("conventions"), where)
     stem = _stem(data["stem"], where)
     stem = replace(stem, c=scale_channels(stem.c, width_mult))
-    default_ops = tuple(parse_op(s) for s in data["ops"])
+    default_ops = tuple(_parse_all(data["ops"], parse_op, "ops", where))
+    if not isinstance(data["stages"], list) or not data["stages"]:
+        raise HourNASError(f"{where}: 'stages' must be a non-empty list of mappings "
+                           f"{{c, n, s[, ops]}}, got {data['stages']!r}")
     entries = []
     for si, stage in enumerate(data["stages"]):
-        _check_keys(stage, _STAGE_KEYS, f"{where}: stage {si + 1}")
-        ops = tuple(parse_op(s) for s in stage["ops"]) if "ops" in stage else default_ops
-        for j in range(int(stage.get("n", 1))):
-            entries.append((None, scale_channels(int(stage["c"]), width_mult),
-                            int(stage["s"]) if j == 0 else 1, ops))
+        w = f"{where}: stage {si + 1}"
+        _check_keys(stage, _STAGE_KEYS, w)
+        for key in ("c", "s"):
+            if key not in stage:
+                raise HourNASError(f"{w}: missing key '{key}'")
+        c, stride, n = _int(stage, "c", w), _int(stage, "s", w), _int(stage, "n", w, default=1)
+        ops = tuple(_parse_all(stage["ops"], parse_op, "ops", w)) if "ops" in stage \
+            else default_ops
+        for j in range(n):
+            entries.append((None, scale_channels(c, width_mult), stride if j == 0 else 1, ops))
     # Labels: searchable layers L1..Ln as in the papers; fixed ones F1..Fk.
     labelled, n_search, n_fixed = [], 0, 0
     for _, c, s, ops in entries:
@@ -265,13 +336,12 @@ def space_from_dict(data: dict, where: str = "space", width_mult: float = 1.0) -
             n_fixed += 1
             label = f"F{n_fixed}"
         labelled.append((label, c, s, ops))
-    layers = _build_layers(stem, int(data["input_size"]), labelled, where)
-    head = data.get("head")
+    layers = _build_layers(stem, input_size, labelled, where)
     name = str(data["name"]) if width_mult == 1.0 else f"{data['name']}_w{width_mult:g}"
-    return Space(name=name, input_size=int(data["input_size"]),
-                 num_classes=int(data["num_classes"]), conventions=conv, stem=stem,
-                 layers=layers, head=scale_channels(head, width_mult) if head else head, dropout=float(data.get("dropout", 0.0)),
-                 in_channels=int(data.get("in_channels", 3)), family=str(data.get("family", "")),
+    return Space(name=name, input_size=input_size, num_classes=num_classes, conventions=conv,
+                 stem=stem, layers=layers,
+                 head=scale_channels(head, width_mult) if head else head, dropout=dropout,
+                 in_channels=in_channels, family=str(data.get("family", "")),
                  op_names=tuple(format_op(o) for o in default_ops))
 
 
@@ -353,21 +423,29 @@ def arch_from_dict(data: dict, where: str = "architecture") -> Arch:
     for key in ("name", "input_size", "num_classes", "stem", "blocks"):
         if key not in data:
             raise HourNASError(f"{where}: missing key '{key}'")
-    if not isinstance(data["blocks"], list) or not data["blocks"]:
-        raise HourNASError(f"{where}: 'blocks' must be a non-empty list of block strings")
+    name = _name(data, where)
+    input_size = _int(data, "input_size", where, minimum=8)
+    num_classes = _int(data, "num_classes", where)
+    head = _int(data, "head", where, optional=True)
+    in_channels = _int(data, "in_channels", where, default=3)
+    dropout = _dropout(data, where)
+    meta = data.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise HourNASError(f"{where}: 'meta' must be a mapping, got {meta!r}")
+    space = data.get("space")
+    if space is not None and not isinstance(space, str):
+        raise HourNASError(f"{where}: 'space' must be a space name or null, got {space!r}")
     stem = _stem(data["stem"], where)
     entries = []
-    for block in (parse_block(s) for s in data["blocks"]):
+    for block in _parse_all(data["blocks"], parse_block, "blocks", where):
         for j in range(block.r):
             entries.append((f"L{len(entries) + 1}", block.c, block.s if j == 0 else 1,
                             (block.op,)))
-    layers = _build_layers(stem, int(data["input_size"]), entries, where)
-    return Arch(name=str(data["name"]), input_size=int(data["input_size"]),
-                num_classes=int(data["num_classes"]),
+    layers = _build_layers(stem, input_size, entries, where)
+    return Arch(name=name, input_size=input_size, num_classes=num_classes,
                 conventions=_conventions(data.get("conventions"), where), stem=stem,
-                layers=layers, head=data.get("head"), dropout=float(data.get("dropout", 0.0)),
-                in_channels=int(data.get("in_channels", 3)), space=data.get("space"),
-                meta=dict(data.get("meta") or {}))
+                layers=layers, head=head, dropout=dropout, in_channels=in_channels, space=space,
+                meta=dict(meta))
 
 
 def load_arch(path: str) -> Arch:
