@@ -38,9 +38,9 @@ class ProposalConfig:
     report_taus: list[float] = field(default_factory=lambda: [5.0, 1.0, 0.5, 0.1])
 
     def validate(self) -> None:
-        if self.m < 1 or self.iterations < 1 or self.report_samples < 1:
-            raise HourNASError("proposal.m, proposal.iterations and proposal.report_samples "
-                               "must be >= 1")
+        for key in ("m", "iterations", "report_samples"):
+            if getattr(self, key) < 1:
+                raise HourNASError(f"proposal.{key} must be >= 1, got {getattr(self, key)}")
         if self.sampler not in SAMPLERS:
             raise HourNASError(f"unknown proposal.sampler '{self.sampler}'; valid: "
                                f"{', '.join(SAMPLERS)}")
@@ -86,12 +86,25 @@ class SearchParams:
     tolerance: float = 0.02
 
     def validate(self) -> None:
-        if self.epochs_vital < 0 or self.epochs_nvital < 1:
-            raise HourNASError("search.epochs_vital must be >= 0 and search.epochs_nvital >= 1")
+        if self.epochs_vital < 0:
+            raise HourNASError(f"search.epochs_vital must be >= 0 (0: no vital stage, with "
+                               f"--no-vital-priori), got {self.epochs_vital}")
+        if self.epochs_nvital < 1:
+            raise HourNASError(f"search.epochs_nvital must be >= 1, got {self.epochs_nvital}")
         if self.batch_size < 1:
             raise HourNASError(f"search.batch_size must be >= 1, got {self.batch_size}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise HourNASError("search.steps_per_epoch must be >= 1 or null")
+            raise HourNASError(f"search.steps_per_epoch must be >= 1 or null, got "
+                               f"{self.steps_per_epoch}")
+        for key in ("log_every", "ckpt_every", "beam"):
+            if getattr(self, key) < 1:
+                raise HourNASError(f"search.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("w_lr", "arch_lr"):
+            if not getattr(self, key) > 0:
+                raise HourNASError(f"search.{key} must be > 0, got {getattr(self, key)}")
+        if not self.tolerance > 0:
+            raise HourNASError(f"search.tolerance must be > 0 (e.g. 0.02 for ±2%), got "
+                               f"{self.tolerance}")
         if self.sampler not in SAMPLERS:
             raise HourNASError(f"unknown search.sampler '{self.sampler}'; valid: "
                                f"{', '.join(SAMPLERS)}")
@@ -99,9 +112,11 @@ class SearchParams:
             raise HourNASError(f"unknown search.executor '{self.executor}'; valid: "
                                f"{', '.join(EXECUTORS)}")
         if not 0.0 < self.val_fraction < 1.0:
-            raise HourNASError("search.val_fraction must be in (0, 1)")
-        if not 0.0 < self.tau_decay <= 1.0 or self.tau <= 0:
-            raise HourNASError("search.tau must be > 0 and search.tau_decay in (0, 1]")
+            raise HourNASError(f"search.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.tau <= 0:
+            raise HourNASError(f"search.tau must be > 0, got {self.tau}")
+        if not 0.0 < self.tau_decay <= 1.0:
+            raise HourNASError(f"search.tau_decay must be in (0, 1], got {self.tau_decay}")
 
 
 @dataclass
