@@ -68,19 +68,20 @@ def main(args) -> int:
         return profile(args)
     if not args.ckpt:
         raise HourNASError("give --ckpt PATH (or --arch FILE --profile)")
-    from src.checkpoint import load_checkpoint
+    from src.checkpoint import load_checkpoint, require_training_checkpoint
     from src.context import setup_context
     from src.trainer import TrainConfig, evaluate, load_network
 
+    if args.batch_size is not None and args.batch_size < 1:
+        raise HourNASError(f"--batch_size must be >= 1, got {args.batch_size}")
     _, extra = load_checkpoint(args.ckpt)
+    require_training_checkpoint(args.ckpt, extra)
     overrides = overrides_from_args(args, TrainConfig)
     stored = extra.get("config") if isinstance(extra.get("config"), dict) else {}
     cfg = load_config(TrainConfig, args.config, overrides, base=stored)
     setup_context(cfg.device_target, "graph")
     net, arch, extra = load_network(args.ckpt, args.arch)
     batch = args.batch_size or cfg.train.eval_batch_size or cfg.train.batch_size
-    if batch < 1:
-        raise HourNASError(f"--batch_size must be >= 1, got {batch}")
     r = evaluate(net, cfg.data, batch)
     log(f"{arch.name} on {cfg.data.name} eval split: top-1 {r['top1']:.2f}%  top-5 "
         f"{r['top5']:.2f}%  loss {r['loss']:.4f}  over {r['images']} images  "

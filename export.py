@@ -55,7 +55,8 @@ def main(args) -> int:
     import mindspore as ms
     import mindspore.nn as nn
 
-    from src.checkpoint import atomic_write
+    from src.checkpoint import (atomic_write, check_output_dir, load_checkpoint,
+                                require_training_checkpoint)
     from src.context import setup_context
     from src.trainer import load_network
 
@@ -66,9 +67,11 @@ def main(args) -> int:
             raise HourNASError(f"--{flag} does not apply to export.py")
     if args.overrides:
         raise HourNASError("--set does not apply to export.py")
+    out_dir = args.output_dir or os.path.dirname(os.path.abspath(args.ckpt))
+    check_output_dir(out_dir)
+    require_training_checkpoint(args.ckpt, load_checkpoint(args.ckpt)[1])
     setup_context(args.device_target or "CPU", "graph")
     net, arch, _ = load_network(args.ckpt, args.arch)
-    out_dir = args.output_dir or os.path.dirname(os.path.abspath(args.ckpt))
     c, s, n = arch.in_channels, arch.input_size, args.batch_size
     rng = np.random.default_rng(0)
     batches = {b: rng.standard_normal((b, c, s, s)).astype(np.float32) for b in (n, n + 1)}

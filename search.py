@@ -67,6 +67,9 @@ def main(args) -> int:
     cfg = load_config(SearchConfig, args.config or DEFAULT_CONFIG,
                       overrides_from_args(args, SearchConfig))
     out_dir = cfg.output_dir
+    if args.stage != "describe":
+        from src.checkpoint import check_output_dir
+        check_output_dir(out_dir)
     if args.stage == "proposals":
         from src.search.proposals_stage import run_proposals_stage
         summary = run_proposals_stage(cfg, out_dir)
