@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from src.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from src.checkpoint import (atomic_write, atomic_write_text, check_fit, load_checkpoint,
+                            remove_stale_temps, save_checkpoint)
 from src.cli import log
 from src.config import format_size, save_config, to_dict
 from src.data import dataset_info, make_dataset, search_split
-from src.errors import HourNASError
+from src.errors import CheckpointError, HourNASError
 from src.proposal import check_feasible, solve_proposals
 from src.resource import OBJECTIVES, ResourceTable, count, resource_table
 from src.sampler import GumbelNoise, TauSchedule
@@ -31,6 +32,9 @@ from src.space.space import Space, arch_to_yaml, load_space
 
 STATE_FILE = "search_state.ckpt"
 LOG_FILE = "search_log.jsonl"
+# Config keys a resumed search may change: they do not change what it computes.
+RESUME_MAY_CHANGE = ("output_dir", "device_target", "data.path", "data.num_workers",
+                     "search.log_every", "search.ckpt_every")
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -182,19 +186,29 @@ class SearchRun:
     def save(self, net, sgd, arch, adam) -> None:
         if not self.is_main:
             return
-        params = {p.name: p for p in net.get_parameters()}
-        params.update({m.name: m for m in sgd.moments.values()})
+        params = {p.name: p.asnumpy() for p in net.get_parameters()}
+        params.update({m.name: m.asnumpy() for m in sgd.moments.values()})
+        values = arch.values()
+        bad = [n for n, a in params.items() if not np.isfinite(a).all()] + \
+              [n for n, a in values.items() if not np.isfinite(a).all()]
+        if bad:  # never overwrite the last good state with a diverged one
+            raise HourNASError(
+                f"non-finite values in {len(bad)} tensors (e.g. '{bad[0]}') at {self.state.stage} "
+                f"global step {self.state.global_step}; not saved: the last good state stays in "
+                f"{self.path(STATE_FILE)}; lower search.w_lr or search.arch_lr")
         extra = {
             "kind": "hournas-search",
             "space": self.space.name,
+            "config": to_dict(self.cfg),
             "state": self.state.__dict__,
             "noise": self.noise.state(),
-            "arch": {k: v for k, v in arch.values().items()},
+            "arch": dict(values),
             "adam": adam.state(),
             "keep": net.keep,
             "searched": net.searched,
         }
         save_checkpoint(self.path(STATE_FILE), params, extra)
+        self._saved_step = self.state.global_step
 
     def load_state(self) -> tuple[dict, dict] | None:
         path = self.path(STATE_FILE)
@@ -206,6 +220,23 @@ class SearchRun:
         if extra.get("space") != self.space.name:
             raise HourNASError(f"checkpoint '{path}' is from space '{extra.get('space')}', this "
                                f"run searches '{self.space.name}'; use another --output_dir")
+        for key in ("state", "noise", "arch", "adam"):
+            if not isinstance(extra.get(key), dict):
+                raise CheckpointError(f"search checkpoint '{path}' lacks its '{key}' record "
+                                      f"(damaged or from another version); start a new search "
+                                      f"in another --output_dir")
+        stored = extra.get("config")
+        if isinstance(stored, dict):
+            a, b = _flat(stored), _flat(to_dict(self.cfg))
+            diff = [k for k in sorted(set(a) | set(b))
+                    if k not in RESUME_MAY_CHANGE and a.get(k) != b.get(k)]
+            if diff:
+                shown = "; ".join(f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}"
+                                  for k in diff[:3])
+                raise HourNASError(f"--resume with a different configuration ({shown}); resume "
+                                   f"with the run's settings ({self.path('config.yaml')}) or "
+                                   f"start a new search in another --output_dir (may change on "
+                                   f"resume: {', '.join(RESUME_MAY_CHANGE)})")
         return params, extra
 
     # -- the bilevel loop -------------------------------------------------------------
@@ -282,9 +313,10 @@ class SearchRun:
                 if not (math.isfinite(w_loss) and math.isfinite(res["loss"])):
                     raise HourNASError(
                         f"non-finite loss at {stage} epoch {self.state.epoch + 1} step "
-                        f"{self.state.step + 1} (weight loss {w_loss}, architecture loss "
-                        f"{res['loss']}); the last good state is in {self.path(STATE_FILE)}; "
-                        f"lower search.w_lr or search.arch_lr")
+                        f"{self.state.step + 1} (global step {self.state.global_step + 1}; "
+                        f"weight loss {w_loss}, architecture loss {res['loss']}); the last good "
+                        f"state is in {self.path(STATE_FILE)} (global step "
+                        f"{self._saved_step}); lower search.w_lr or search.arch_lr")
                 self.state.step += 1
                 self.state.global_step += 1
                 self.state.stage_step += 1
@@ -370,16 +402,35 @@ class SearchRun:
         return net, arch, sgd, adam, executor
 
     def restore(self, net, sgd, arch, adam, params: dict, extra: dict) -> None:
+        """Load a saved state after checking every name and shape against this run's."""
         import mindspore as ms
-        for p in net.get_parameters():
-            if p.name not in params:
-                raise HourNASError(f"search checkpoint lacks '{p.name}': it is from another "
-                                   f"space or stage layout; use another --output_dir")
-            p.set_data(ms.Tensor(params[p.name].asnumpy()))
-        for m in sgd.moments.values():
-            m.set_data(ms.Tensor(params[m.name].asnumpy()))
-        arch.assign({k: np.asarray(v) for k, v in extra["arch"].items()})
-        adam.set_state(extra["adam"])
+        where = f"search checkpoint '{self.path(STATE_FILE)}'"
+        hint = ("; the space or the config changed since it was written: resume with the "
+                "same ones, or start a new search in another --output_dir")
+        own = {p.name: p for p in net.get_parameters()}
+        own.update({m.name: m for m in sgd.moments.values()})
+        values = arch.values()
+        adam_state = extra["adam"]
+        try:
+            check_fit(where, {n: tuple(p.shape) for n, p in params.items()},
+                      {n: tuple(p.shape) for n, p in own.items()})
+            saved = {k: np.asarray(v) for k, v in extra["arch"].items()}
+            check_fit(f"{where} (architecture parameters)",
+                      {k: v.shape for k, v in saved.items()},
+                      {k: v.shape for k, v in values.items()})
+            for part in ("m", "v"):
+                check_fit(f"{where} (architecture optimizer '{part}')",
+                          {k: np.shape(v) for k, v in adam_state[part].items()},
+                          {k: v.shape for k, v in values.items()})
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}{hint}") from None
+        except (KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{where} has a malformed architecture optimizer state "
+                                  f"({type(e).__name__}: {e}){hint}") from None
+        for name, p in own.items():
+            p.set_data(ms.Tensor(params[name].asnumpy()))
+        arch.assign(saved)
+        adam.set_state(adam_state)
         self.noise.set_state(extra["noise"])
 
     def vital_stage(self, resume: tuple | None) -> dict[int, int]:
@@ -449,7 +500,14 @@ class SearchRun:
                                            "m": int(props.theta.shape[0])}
             theta0 = props.theta
         else:
-            theta0 = np.asarray(resume[1]["arch"]["theta"])
+            theta0 = np.asarray(resume[1]["arch"].get("theta"))
+            want = (len(searched), max(len(space.layers[i].ops) for i in searched))
+            if theta0.ndim != 3 or theta0.shape[1:] != want:
+                raise CheckpointError(
+                    f"search checkpoint '{self.path(STATE_FILE)}' holds proposals θ of shape "
+                    f"{theta0.shape}, this search needs (m, {want[0]}, {want[1]}); the space or "
+                    f"the config changed since it was written: resume with the same ones, or "
+                    f"start a new search in another --output_dir")
         net, arch, sgd, adam, ex = self.build(searched, fixed, None, theta0, table)
         if resume is not None:
             self.restore(net, sgd, arch, adam, *resume)
@@ -459,7 +517,10 @@ class SearchRun:
             self.state.val_epoch = self.state.val_pos = 0
             self.save(net, sgd, arch, adam)
         stage = "nonvital" if self.p.vital_priori else "single"
-        self.run_stage(stage, net, arch, ex, sgd, adam, self.p.epochs_nvital)
+        if self.state.stage == "done":  # killed while writing the outputs: derive again
+            log("the search had finished; writing its outputs again from its final state")
+        else:
+            self.run_stage(stage, net, arch, ex, sgd, adam, self.p.epochs_nvital)
         self.final_arch = arch
         self.final_table = table
         self.final_net = net
@@ -500,7 +561,6 @@ class SearchRun:
     # -- the whole run ----------------------------------------------------------------
 
     def run(self, resume: bool) -> dict:
-        os.makedirs(self.out, exist_ok=True)
         space = self.space
         full = self.full_table(list(space.searchable), {})
         self.maxima = {o: full.bounds()[o][1] for o in self.objectives}
@@ -512,9 +572,19 @@ class SearchRun:
         if not resume and os.path.exists(self.path(STATE_FILE)):
             raise HourNASError(f"'{self.out}' already holds a search ({STATE_FILE}); pass "
                                f"--resume to continue it or choose another --output_dir")
+        self._saved_step = None
+        os.makedirs(self.out, exist_ok=True)
+        if self.is_main:
+            remove_stale_temps(self.out)  # left by a run killed while writing
         if loaded is not None:
             params, extra = loaded
-            self.state = StageState(**extra["state"])
+            try:
+                self.state = StageState(**extra["state"])
+            except TypeError as e:
+                raise CheckpointError(f"search checkpoint '{self.path(STATE_FILE)}' has a "
+                                      f"malformed run state ({e}); start a new search in "
+                                      f"another --output_dir") from None
+            self._saved_step = self.state.global_step
             self.noise.set_state(extra["noise"])
             self._truncate_log(self.state.global_step + 1)
             log(f"resuming {self.state.stage} stage at epoch {self.state.epoch + 1} step "
@@ -546,13 +616,17 @@ class SearchRun:
                 self.vital_choices_idx = {}
                 if self.state.stage == "vital":
                     self.state.stage = "nonvital"
-            if self.state.stage == "nonvital":
+            if self.state.stage in ("nonvital", "done"):
+                finished = self.state.stage == "done"
                 self.nonvital_stage(fixed, loaded)
-                self.state.stage = "done"
-                self.save(self.final_net, self.final_sgd, self.final_arch, self.final_adam)
+                if not finished:
+                    self.state.stage = "done"
+                    self.save(self.final_net, self.final_sgd, self.final_arch, self.final_adam)
         except Interrupted:
-            print(f"stopped by signal {self._stop_signal}: state saved in "
-                  f"{self.path(STATE_FILE)}; continue with --resume", file=sys.stderr)
+            name = signal.Signals(self._stop_signal).name
+            print(f"stopped by {name} at {self.state.stage} global step "
+                  f"{self.state.global_step}: state saved in {self.path(STATE_FILE)}; continue "
+                  f"with --resume", file=sys.stderr)
             raise SystemExit(128 + int(self._stop_signal))
         finally:
             self._restore_signals()
@@ -604,7 +678,8 @@ class SearchRun:
             atomic_write_text(self.path("arch.yaml"),
                               f"# Searched by HourNAS in {space.name}\n" + arch_to_yaml(arch_rec))
             atomic_write_text(self.path("summary.json"), json.dumps(summary, indent=2) + "\n")
-            np.savez(self.path("arch_params.npz"), **{k: v for k, v in arch.values().items()})
+            atomic_write(self.path("arch_params.npz"),
+                         lambda tmp: np.savez(tmp, **{k: v for k, v in arch.values().items()}))
             try:
                 from src.search.plots import plot_search
                 plot_search(self.out, space, self.targets)
@@ -647,6 +722,15 @@ def _progress_bar(stage: str, done: int, total: int, per_step: float, eta: float
     sys.stderr.write(f"\r[{stage}] |{'#' * fill}{'.' * (width - fill)}| {done}/{total} "
                      f"{per_step:.2f} s/step ETA {_hms(eta)}")
     sys.stderr.flush()
+
+
+def _flat(d, prefix: str = "") -> dict:
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
 
 
 def _hms(seconds: float) -> str:
