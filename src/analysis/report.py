@@ -100,7 +100,7 @@ def read_run(folder: str) -> Run:
             run.problems.append(f"search_log.jsonl: {bad} unreadable line(s) skipped")
     if "arch_params.npz" not in run.missing:
         try:
-            with np.load(path("arch_params.npz")) as data:
+            with np.load(path("arch_params.npz"), allow_pickle=False) as data:
                 run.params = {k: np.asarray(data[k]) for k in data.files}
         except (OSError, ValueError) as e:
             run.problems.append(f"arch_params.npz is unreadable: {_first_line(e)}")

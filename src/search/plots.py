@@ -26,7 +26,7 @@ def plot_search(folder: str, space: Space, targets: dict[str, float]) -> list[st
     written = []
     params_path = os.path.join(folder, "arch_params.npz")
     if os.path.exists(params_path):
-        data = np.load(params_path)
+        data = np.load(params_path, allow_pickle=False)
         theta = data["theta"]
         if theta.ndim == 3:  # proposals: show the most probable one
             pi = data["pi"]
