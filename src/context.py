@@ -126,8 +126,12 @@ def setup_context(device_target: str = "CPU", mode: str = "graph", device_id: in
     if target == "CPU" and platform.machine().lower() in ("x86_64", "amd64"):
         # bundled oneDNN otherwise uses reference convs on AVX-512 CPUs (5-60x slower)
         os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-    if device_id is None and distributed and "DEVICE_ID" in os.environ and target != "CPU":
-        device_id = int(os.environ["DEVICE_ID"])
+    if device_id is None and distributed and target != "CPU":
+        # msrun negotiates the device of each worker itself; mpirun says only the local rank
+        for key in ("DEVICE_ID", "OMPI_COMM_WORLD_LOCAL_RANK"):
+            if key in os.environ:
+                device_id = int(os.environ[key])
+                break
     try:
         ms.set_device(target, device_id)
     except (RuntimeError, ValueError) as e:
@@ -148,3 +152,18 @@ def setup_context(device_target: str = "CPU", mode: str = "graph", device_id: in
     _state.update(device_target=target, device_id=device_id, mode=mode, rank=rank, group_size=size,
                   threads=used_threads, distributed=distributed)
     return dict(_state)
+
+
+def params_digest(params) -> str:
+    """sha256 over Parameters (sorted by name): equal digests on two ranks mean bit-identical
+    weights (what the data-parallel gradient mean keeps)."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for p in sorted(params, key=lambda q: q.name):
+        a = np.ascontiguousarray(p.asnumpy())
+        h.update(p.name.encode() + str(a.dtype).encode() + str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
