@@ -116,6 +116,14 @@ class SearchRun:
         self.rank = facts.get("rank", 0)
         self.group_size = facts.get("group_size", 1)
         self.is_main = self.rank == 0
+        if self.p.batch_size % self.group_size:
+            raise HourNASError(f"search.batch_size {self.p.batch_size} is the global batch and must "
+                               f"be divisible by the number of ranks ({self.group_size})")
+        self.rank_batch = self.p.batch_size // self.group_size  # this rank's part of a batch
+        self.rank_log = None
+        if self.group_size > 1:
+            from src.search.distributed import RankLog
+            self.rank_log = RankLog(output_dir, self.rank)
         self.state = StageState()
         self.noise = GumbelNoise(self.p.seed)
         self.tau = TauSchedule(self.p.tau, self.p.tau_decay, self.p.tau_min)
@@ -143,10 +151,9 @@ class SearchRun:
                               extra_tables=self.extra_tables)
 
     def steps_per_epoch(self) -> int:
-        per_rank = len(self.w_idx) // self.group_size
-        n = per_rank // self.p.batch_size
+        n = len(self.w_idx) // self.p.batch_size  # = per-rank shard // per-rank batch
         if n < 1:
-            raise HourNASError(f"the weight split has {per_rank} samples per rank, fewer than "
+            raise HourNASError(f"the weight split has {len(self.w_idx)} samples, fewer than "
                                f"one batch of {self.p.batch_size}; lower search.batch_size")
         return min(n, self.p.steps_per_epoch) if self.p.steps_per_epoch else n
 
@@ -243,13 +250,11 @@ class SearchRun:
 
     def _val_batches(self):
         """Endless stream over the architecture split (20%), resumable by (epoch, pos)."""
-        bs = self.p.batch_size
+        bs = self.rank_batch
         shard = (self.rank, self.group_size) if self.group_size > 1 else None
-        per_rank = len(self.a_idx) // self.group_size
-        n = per_rank // bs
-        if n < 1:
-            raise HourNASError(f"the architecture split has {per_rank} samples per rank, fewer "
-                               f"than one batch of {bs}; lower search.batch_size")
+        if len(self.a_idx) < self.p.batch_size:
+            raise HourNASError(f"the architecture split has {len(self.a_idx)} samples, fewer "
+                               f"than one batch of {self.p.batch_size}; lower search.batch_size")
         while True:
             data = make_dataset(self.cfg.data, "train", bs, indices=self.a_idx, shuffle=True,
                                 seed=self.p.seed + 1, epoch=self.state.val_epoch,
@@ -265,7 +270,7 @@ class SearchRun:
 
         steps = self.steps_per_epoch()
         total = epochs * steps
-        bs = self.p.batch_size
+        bs = self.rank_batch
         shard = (self.rank, self.group_size) if self.group_size > 1 else None
         val = self._val_batches()
         th_shape, pi_shape = arch.noise_shapes
@@ -275,7 +280,8 @@ class SearchRun:
                  "nonvital": "stage 2/2 (non-vital layers)",
                  "single": "single stage (all layers)"}[stage]
         log(f"{label}: {len(net.searched)} searched layers, {epochs} epoch(s) x {steps} steps, "
-            f"batch {bs}, executor {executor.name}")
+            f"batch {self.p.batch_size}" + (f" ({bs} per rank)" if self.group_size > 1 else "")
+            + f", executor {executor.name}")
         while self.state.epoch < epochs:
             if self.state.step >= steps:  # saved right at an epoch's end
                 self.state.epoch += 1
@@ -331,6 +337,10 @@ class SearchRun:
                           if arch.use_proposals else {}),
                        "step_seconds": dt, **{f"path_{k}": v for k, v in cost.items()}}
                 self._log_record(rec)
+                if self.rank_log is not None:
+                    self.rank_log.write(stage=stage, global_step=self.state.global_step,
+                                        path=indices, proposal=proposal, a_path=a_indices,
+                                        a_proposal=a_prop)
                 done = self.state.stage_step - done_at_start
                 el = time.perf_counter() - t_stage
                 eta = el / max(done, 1) * (total - self.state.stage_step)
@@ -345,6 +355,8 @@ class SearchRun:
                         f"{res['loss']:.3f} reg {res['reg']:.4f} | tau {tau:.4f}")
                 if self.state.stage_step % self.p.ckpt_every == 0:
                     self.save(net, sgd, arch, adam)
+                if executor.grad_mean is not None:  # data parallel: all ranks stop together
+                    self._stop_signal = executor.grad_mean.agree_stop(self._stop_signal)
                 if self._stop_signal is not None:
                     self.save(net, sgd, arch, adam)
                     raise Interrupted()
@@ -352,6 +364,11 @@ class SearchRun:
             self.state.step = 0
         self.state.stage_seconds[stage] = self.state.stage_seconds.get(stage, 0.0) + \
             (time.perf_counter() - t_stage)
+        if self.rank_log is not None:
+            from src.search.distributed import arch_digest, weights_digest
+            self.rank_log.write(event="stage_end", stage=stage, global_step=self.state.global_step,
+                                weights_sha256=weights_digest(net),
+                                arch_sha256=arch_digest(arch.values()))
 
     def _path_cost(self, net, indices) -> dict:
         tab = getattr(self, "_cur_table", None)
@@ -592,7 +609,12 @@ class SearchRun:
         else:
             if self.is_main and os.path.exists(self.path(LOG_FILE)):
                 os.remove(self.path(LOG_FILE))
-            save_config(self.cfg, self.path("config.yaml"))
+            if self.is_main:
+                save_config(self.cfg, self.path("config.yaml"))
+        if self.rank_log is not None:
+            self.rank_log.start(self.state.global_step if loaded is not None else None)
+            # every rank has checked the folder before rank 0 writes its first checkpoint
+            self._grad_mean().barrier()
         self._install_signals()
         try:
             fixed: dict[int, int] = {}
@@ -685,6 +707,11 @@ class SearchRun:
                 plot_search(self.out, space, self.targets)
             except ImportError:
                 pass
+        if self.rank_log is not None:
+            from src.search.distributed import arch_digest, weights_digest
+            self.rank_log.write(event="done", global_step=self.state.global_step,
+                                ops=summary["ops"], weights_sha256=weights_digest(self.final_net),
+                                arch_sha256=arch_digest(arch.values()))
         if not d.within:
             log(f"warning: no architecture within ±{self.p.tolerance:.0%} of every target was "
                 f"found; taking the most probable one nearest to them")
