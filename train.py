@@ -3,10 +3,13 @@
     python train.py --arch config/arch/fbnet_b.yaml                      # digits, built in
     python train.py --arch ARCH.yaml --config config/train/cifar10.yaml --data_path DIR
     python train.py --arch ARCH.yaml --output_dir runs/x --resume        # continue exactly
+    bash scripts/run_distribute_train_gpu.sh 8 ARCH.yaml config/train/imagenet.yaml runs/x DIR
+                                        # data parallel: msrun ... train.py ... --distributed
 
 The default recipe (no --config) is config/train/digits.yaml. Outputs in --output_dir:
 checkpoints {arch}-{epoch}_{step}.ckpt and {arch}_best.ckpt, config.yaml (resolved), arch.yaml,
-train_log.jsonl, train_curves.png. Exit codes: 0 done, 2 bad input or a diverged loss,
+train_log.jsonl, train_curves.png (rank 0 writes them; --batch_size is the global batch,
+split over the devices). Exit codes: 0 done, 2 bad input or a diverged loss,
 130/143 stopped by SIGINT/SIGTERM after saving a checkpoint.
 """
 from __future__ import annotations
@@ -28,6 +31,9 @@ def parser():
     p.add_argument("--batch_size", type=int, metavar="B", help="global batch (train.batch_size)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in the output folder")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel worker under msrun/mpirun (config key distributed; "
+                        "see scripts/ and docs/distributed.md)")
     return p
 
 
@@ -37,6 +43,8 @@ def main(args) -> int:
     overrides = overrides_from_args(args, TrainConfig)
     if args.arch:
         overrides.insert(0, f"arch={json.dumps(args.arch)}")
+    if args.distributed:
+        overrides.insert(0, "distributed=true")
     for flag, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size")):
         if getattr(args, flag) is not None:
             overrides.insert(0, f"{key}={getattr(args, flag)}")

@@ -167,3 +167,26 @@ def params_digest(params) -> str:
         h.update(p.name.encode() + str(a.dtype).encode() + str(a.shape).encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+_allreduce: list = []  # one AllReduce primitive per process, made on first use
+
+
+def agree_stop(signum: int | None) -> int | None:
+    """Data parallel: the stop signal (SIGTERM/SIGINT) every rank acts on after this step.
+
+    A signal seen by any rank stops all of them after the same step (rank 0 then checkpoints
+    that step); a rank that saw none takes the others' signal number. One small AllReduce
+    (sum: the only reduction CPU collectives offer); call it on every rank at the same point.
+    """
+    import mindspore as ms
+    import mindspore.ops as ops
+    import numpy as np
+
+    if not _allreduce:
+        _allreduce.append(ops.AllReduce())
+    local = np.array([0.0 if signum is None else 1.0, float(signum or 0)], np.float32)
+    total = _allreduce[0](ms.Tensor(local)).asnumpy()
+    if total[0] == 0:
+        return None
+    return signum if signum is not None else int(round(float(total[1] / total[0])))

@@ -29,6 +29,7 @@ import numpy as np
 from src.checkpoint import (atomic_write, atomic_write_text, check_fit, load_checkpoint,
                             save_checkpoint)
 from src.config import save_config, to_dict
+from src.context import agree_stop, params_digest
 from src.data import DataConfig, DatasetInfo, dataset_info, make_dataset, num_batches, sample_order
 from src.errors import CheckpointError, ConfigError, HourNASError
 from src.space.plan import ACTIVATIONS
@@ -43,10 +44,12 @@ CONFIG_NAME = "config.yaml"
 ARCH_NAME = "arch.yaml"
 CKPT_FORMAT = "hournas-train-1"
 # Keys that may change when a run is resumed: they do not change what is computed.
-# (train.epochs may grow: the schedule is recomputed for the new length from that step on.)
-RESUME_MAY_CHANGE = ("arch", "train.epochs", "train.log_every", "train.val_interval", "train.ckpt_keep",
-                     "train.ckpt_every", "train.eval_batch_size", "data.num_workers", "data.path",
-                     "output_dir", "device_target")
+# (train.epochs may grow: the schedule is recomputed for the new length from that step on.
+# distributed and the device count may change: train.batch_size is global, so the steps, the
+# data order and the lr are the same; only BatchNorm's batches are per device.)
+RESUME_MAY_CHANGE = ("arch", "distributed", "train.epochs", "train.log_every", "train.val_interval",
+                     "train.ckpt_keep", "train.ckpt_every", "train.eval_batch_size",
+                     "data.num_workers", "data.path", "output_dir", "device_target")
 
 
 class DivergedError(HourNASError):
@@ -89,6 +92,7 @@ class TrainParams:
     ckpt_every: int = 0             # also checkpoint every N steps (0: at epoch ends only)
     ckpt_keep: int = 3              # periodic checkpoints kept (the best one is kept apart)
     seed: int = 0
+    sync_bn: bool = False           # data parallel on GPU/Ascend: BatchNorm over the global batch
 
     def validate(self) -> None:
         for key in ("epochs", "batch_size", "base_batch", "val_interval", "log_every", "ckpt_keep"):
@@ -205,6 +209,34 @@ def create_model(arch: Arch):
     return ChildNet(arch)
 
 
+def use_sync_batchnorm(net, make=None) -> int:
+    """Replace every ``nn.BatchNorm2d`` of ``net`` by a BatchNorm whose statistics are taken
+    over the global batch (``nn.SyncBatchNorm``: GPU and Ascend only), keeping the parameter
+    names and values, so checkpoints stay loadable into the plain net (eval, export).
+    ``make(bn)`` builds the replacement (tests pass a stand-in). Returns how many it replaced."""
+    import mindspore.nn as nn
+
+    if make is None:
+        def make(bn):
+            return nn.SyncBatchNorm(bn.num_features, eps=bn.eps, momentum=1.0 - bn.momentum)
+    done = 0
+    for _, cell in list(net.cells_and_names()):
+        for attr, child in list(cell.name_cells().items()):
+            if not isinstance(child, nn.BatchNorm2d):
+                continue
+            new = make(child)
+            if isinstance(cell, (nn.CellList, nn.SequentialCell)):
+                cell[int(attr)] = new
+            else:
+                setattr(cell, attr, new)
+            for key in ("gamma", "beta", "moving_mean", "moving_variance"):
+                old_p, new_p = getattr(child, key), getattr(new, key)
+                new_p.set_data(old_p.data.copy())
+                new_p.name = old_p.name  # after setattr, which prefixes names afresh
+            done += 1
+    return done
+
+
 def create_loss(p: TrainParams):
     import mindspore.nn as nn
     return nn.CrossEntropyLoss(label_smoothing=p.label_smoothing)
@@ -273,6 +305,7 @@ def TrainStep(net, loss_fn, optimizer, *, loss_scale: float = 1.0, dynamic: bool
     import mindspore.ops as ops
     from mindspore import Parameter, ParameterTuple, Tensor
     from mindspore.amp import all_finite
+    from mindspore.communication import get_group_size
 
     unscale, ema_op = _graph_helpers()
 
@@ -295,6 +328,8 @@ def TrainStep(net, loss_fn, optimizer, *, loss_scale: float = 1.0, dynamic: bool
             mode = ms.get_auto_parallel_context("parallel_mode")
             if mode in (ms.ParallelMode.DATA_PARALLEL, ms.ParallelMode.HYBRID_PARALLEL):
                 self.reducer = nn.DistributedGradReducer(self.weights, mean=True)
+                self.loss_sum = ops.AllReduce()  # the loss logged: the global batch's mean
+                self.inv_devices = 1.0 / get_group_size()
             self.use_ema = ema_decay is not None
             if self.use_ema:
                 self.model_params = ParameterTuple(list(net.get_parameters()))
@@ -320,6 +355,7 @@ def TrainStep(net, loss_fn, optimizer, *, loss_scale: float = 1.0, dynamic: bool
             grads = self.grad(self.network, self.weights)(x, y, sens)
             if self.reducer is not None:
                 grads = self.reducer(grads)
+                loss = self.loss_sum(loss) * self.inv_devices
             grads = self.hyper_map(ops.partial(unscale, self.scale), grads)
             finite = all_finite(grads)
             if self.dynamic:
@@ -340,26 +376,33 @@ def TrainStep(net, loss_fn, optimizer, *, loss_scale: float = 1.0, dynamic: bool
 
 # ----------------------------------------------------------------------------- evaluation
 
-def evaluate(net, data_cfg: DataConfig, batch_size: int) -> dict[str, float]:
+def evaluate(net, data_cfg: DataConfig, batch_size: int,
+             shard: tuple[int, int] | None = None) -> dict[str, float]:
     """Top-1/top-5 (%) and cross-entropy over every image of the eval split.
 
     The last partial batch is padded to ``batch_size`` (so the compiled graph is reused) and
     only its real images are counted. images_per_s excludes the first call (graph compile).
+    ``shard=(rank, size)`` (data parallel): each rank evaluates every size-th image and the
+    counts are summed over the ranks, so every rank returns the whole split's figures.
     """
     import mindspore as ms
 
     net.set_train(False)
-    data = make_dataset(data_cfg, "eval", batch_size)
+    indices = None
+    if shard is not None:
+        indices = np.arange(dataset_info(data_cfg).eval_size)[shard[0]::shard[1]]
+    data = make_dataset(data_cfg, "eval", batch_size, indices=indices)
     n = c1 = c5 = 0
     loss_sum = 0.0
-    t0 = None
+    t0 = time.perf_counter()
+    compiled = False
     for x, y in data.create_tuple_iterator(output_numpy=True, num_epochs=1):
         b = len(y)
         if b < batch_size:
             x = np.concatenate([x, np.zeros((batch_size - b,) + x.shape[1:], x.dtype)])
-        if t0 is None:  # compile outside the timing
+        if not compiled:  # compile outside the timing
             net(ms.Tensor(x)).asnumpy()
-            t0 = time.perf_counter()
+            compiled, t0 = True, time.perf_counter()
         logits = net(ms.Tensor(x)).asnumpy()[:b].astype(np.float64)
         m = logits.max(axis=1, keepdims=True)
         lse = m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))
@@ -369,6 +412,12 @@ def evaluate(net, data_cfg: DataConfig, batch_size: int) -> dict[str, float]:
         c5 += int((top == y[:, None]).any(axis=1).sum())
         n += b
     seconds = time.perf_counter() - t0
+    if shard is not None:
+        import mindspore.ops as ops
+        # float32 (AllReduce takes no float64): counts stay exact below 2**24 images
+        total = ops.AllReduce()(ms.Tensor(np.array([n, c1, c5, loss_sum], np.float32))).asnumpy()
+        n, c1, c5 = (int(round(float(v))) for v in total[:3])
+        loss_sum = float(total[3])  # seconds stay this rank's (CPU AllReduce only sums)
     return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss_sum / n, "images": n,
             "seconds": seconds, "images_per_s": n / seconds if seconds > 0 else float("nan")}
 
@@ -651,6 +700,11 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None,
     runlog = RunLog(os.path.join(cfg.output_dir, LOG_NAME), enabled=main)
     ms.set_seed(p.seed)
     net = create_model(arch)
+    if p.sync_bn and size > 1:
+        if ctx["device_target"] == "CPU":
+            raise ConfigError("train.sync_bn needs GPU or Ascend (MindSpore's SyncBatchNorm has "
+                              "no CPU kernel); set train.sync_bn=false on CPU")
+        log(f"sync_bn: {use_sync_batchnorm(net)} BatchNorm layers normalise over the global batch")
     if amp_level != "O0":
         net = ms.amp.auto_mixed_precision(net, amp_level)
     opt = create_optimizer(net, p)
@@ -750,7 +804,7 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None,
         own = _by_name(step_cell)
         src = {n: own[("ema." + n) if p.ema else n] for n in eval_net.parameters_dict()}
         _copy_weights(eval_net, src)
-        r = evaluate(eval_net, cfg.data, eval_batch)
+        r = evaluate(eval_net, cfg.data, eval_batch, shard=shard)
         last_eval = {**r, "epoch": epoch, "global_step": global_step}
         return r
 
@@ -817,6 +871,8 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None,
                                  later_step_s=med, graphs=graphs)
                 if p.ckpt_every and global_step % p.ckpt_every == 0 and epoch_step < spe:
                     save("interval")
+                if size > 1:  # a signal seen by one device stops all after this step
+                    stop.signum = agree_stop(stop.signum)
                 if stop.signum is not None:
                     break
             if epoch_step < spe:
@@ -846,6 +902,8 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None,
             else:
                 save("epoch")
             log(msg)
+            if size > 1:
+                stop.signum = agree_stop(stop.signum)
             if stop.signum is not None:
                 return stopped(stop.signum)
             if epoch == p.epochs:
@@ -858,7 +916,8 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None,
                "best_top1": best["top1"], "best_epoch": best["epoch"],
                "last": last_eval, "ckpt": kept[-1] if kept else None,
                "best_ckpt": os.path.join(cfg.output_dir, f"{arch.name}_best.ckpt"),
-               "wall_s": wall,
+               "wall_s": wall, "rank": rank, "devices": size,
+               "weights_sha256": params_digest(net.trainable_params()),
                "train_images_per_s": (p.batch_size / float(np.mean(later))) if later else None,
                "output_dir": cfg.output_dir}
     runlog.write(event="done", global_step=global_step, wall_s=wall, best_top1=best["top1"])

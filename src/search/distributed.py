@@ -71,14 +71,9 @@ class GradMean:
         return out
 
     def agree_stop(self, signum: int | None) -> int | None:
-        """The signal that stops every rank after this step: any rank's (SIGTERM/SIGINT seen
-        by one worker stops all after the same step, so rank 0's checkpoint is that step)."""
-        import mindspore as ms
-        local = np.array([0.0 if signum is None else 1.0, float(signum or 0)], np.float32)
-        total = self._allreduce(ms.Tensor(local)).asnumpy()
-        if total[0] == 0:
-            return None
-        return signum if signum is not None else int(round(float(total[1] / total[0])))
+        """The signal that stops every rank after this step (``src.context.agree_stop``)."""
+        from src.context import agree_stop
+        return agree_stop(signum)
 
     def barrier(self) -> None:
         """Wait until every rank gets here (a one-number AllReduce)."""

@@ -135,3 +135,42 @@ def test_step_skips_non_finite_updates_halves_the_scale_and_keeps_an_ema():
     step(x, y, lr)
     assert float(step.scale.asnumpy()) == 64.0               # doubled after 2 good steps
     assert len(step.compile_cache) == 1
+
+
+def test_resume_may_change_the_device_count():
+    # train.batch_size is global: the same steps, order and lr on any number of devices
+    stored = to_dict(load_config(TrainConfig, None, ["arch=x.yaml", "distributed=true"]))
+    check_resumable(stored, load_config(TrainConfig, None, ["arch=x.yaml"]))
+
+
+def test_sync_batchnorm_swap_keeps_parameter_names_and_values():
+    import mindspore as ms
+    import mindspore.nn as nn
+
+    from src.space.space import arch_from_dict
+    from src.trainer import use_sync_batchnorm
+
+    arch = arch_from_dict(dict(name="t", input_size=8, num_classes=3, stem={"c": 4, "k": 3, "s": 1},
+                               blocks=["ir_r1_k3_s2_e2_c8"], head=16))
+    net = create_model(arch)
+    for p in net.get_parameters():   # values the swap must carry over
+        p.set_data(ms.Tensor(np.random.default_rng(len(p.name)).standard_normal(p.shape)
+                             .astype(np.float32)))
+    before = {p.name: p.asnumpy() for p in net.get_parameters()}
+    old = [c for _, c in net.cells_and_names() if isinstance(c, nn.BatchNorm2d)]
+    made = []
+
+    def stand_in(bn):  # nn.SyncBatchNorm needs GPU/Ascend and an initialised group
+        made.append(nn.BatchNorm2d(bn.num_features, eps=bn.eps, momentum=1.0 - bn.momentum))
+        return made[-1]
+
+    assert use_sync_batchnorm(net, stand_in) == len(old) > 0
+    now = [c for _, c in net.cells_and_names() if isinstance(c, nn.BatchNorm2d)]
+    assert all(any(c is m for m in made) for c in now) and len(now) == len(old)
+    assert [m.momentum for m in made] == [o.momentum for o in old]
+    after = {p.name: p.asnumpy() for p in net.get_parameters()}
+    assert list(after) == list(before)                        # the names checkpoints use
+    assert all(np.array_equal(after[k], before[k]) for k in before)
+    plain = create_model(arch)                                 # eval/export load it by name
+    not_loaded, _ = ms.load_param_into_net(plain, {p.name: p for p in net.get_parameters()})
+    assert not not_loaded
