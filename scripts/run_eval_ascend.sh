@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Evaluation of a training checkpoint on one Ascend device. See docs/distributed.md.
+#   bash scripts/run_eval_ascend.sh CKPT [DATA_PATH] [-- eval.py options]
+set -euo pipefail
+DEVICE_TARGET=Ascend
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+eval_main "$@"

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Training on one GPU device (plain python, no launcher). See docs/distributed.md.
+#   bash scripts/run_standalone_train_gpu.sh ARCH CONFIG OUTPUT_DIR [DATA_PATH] [-- train.py options]
+set -euo pipefail
+DEVICE_TARGET=GPU
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+train_main standalone "$@"
