@@ -29,6 +29,9 @@ def main() -> int:
     ap.add_argument("--width", type=float, default=1.0)
     ap.add_argument("--space", default="fbnet_cifar10")
     ap.add_argument("--executors", default="eager,graph,allpath")
+    ap.add_argument("--searched", choices=("all", "vital"), default="all",
+                    help="search every layer (stage 2 / ablation size) or only the vital ones "
+                         "(stage 1's S_vital)")
     ap.add_argument("--device_target", default="CPU")
     args = ap.parse_args()
 
@@ -42,7 +45,9 @@ def main() -> int:
     from src.supernet import Supernet
 
     space = load_space(args.space, args.width)
-    searched = list(space.searchable)
+    searched = list(space.searchable) if args.searched == "all" else space.vital_layers()
+    keep = None if args.searched == "all" else [i for i in range(len(space.layers))
+                                                if space.vital[i]]
     num_ops = len(space.layers[searched[0]].ops)
     rng = np.random.default_rng(0)
     x = ms.Tensor(rng.standard_normal((args.batch, 3, space.input_size, space.input_size))
@@ -51,7 +56,7 @@ def main() -> int:
     results = {}
     for name in [e.strip() for e in args.executors.split(",") if e.strip()]:
         ms.set_seed(0)
-        net = Supernet(space, searched)
+        net = Supernet(space, searched, keep=keep)
         net.set_train(True)
         sampler = "gumbel_softmax" if name == "allpath" else "gumbel_max"
         arch = ArchParams(len(searched), num_ops, sampler=sampler)
