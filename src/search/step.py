@@ -306,6 +306,9 @@ class GraphExecutor(Executor):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # Each switched layer nests a subgraph per candidate: 22 layers x 9 ops pass MindSpore's
+        # default call-depth limit of 1000 (measured: "Exceed function call depth limit").
+        ms.set_recursion_limit(max(1000, 60 * sum(len(c) for c in self.candidates)))
         params, tags = [], []
         cand_ids = {}
         for k, layer in enumerate(self.candidates):
