@@ -179,10 +179,17 @@ class SearchRun:
 
     # -- signals ----------------------------------------------------------------------
 
+    def _on_signal(self, signum, _frame):
+        self._stop_signal = signum
+
     def _install_signals(self):
-        def handler(signum, _frame):
-            self._stop_signal = signum
-        self._old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        self._old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _pin_signals(self):
+        """Put our handlers back: MindSpore's PyNative runtime installs a C-level SIGINT
+        handler of its own at its first op (it turns Ctrl-C into SIGTERM)."""
+        for s in getattr(self, "_old", {}):
+            signal.signal(s, self._on_signal)
 
     def _restore_signals(self):
         for s, h in getattr(self, "_old", {}).items():
@@ -336,6 +343,7 @@ class SearchRun:
                        **({"pi": arch.probabilities()[0].round(5).tolist()}
                           if arch.use_proposals else {}),
                        "step_seconds": dt, **{f"path_{k}": v for k, v in cost.items()}}
+                self._pin_signals()  # before the step is logged as done
                 self._log_record(rec)
                 if self.rank_log is not None:
                     self.rank_log.write(stage=stage, global_step=self.state.global_step,
