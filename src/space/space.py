@@ -276,10 +276,16 @@ def _read_yaml(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
-    except yaml.YAMLError as exc:
-        raise HourNASError(f"'{path}' is not valid YAML: {exc}".replace("\n", " "))
+    except yaml.YAMLError as exc:  # safe_load: a !!python tag is an error here, never run
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise HourNASError(f"invalid YAML in '{path}'{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HourNASError(f"cannot read '{path}': {exc}") from None
     if not isinstance(data, dict):
-        raise HourNASError(f"'{path}' must hold a mapping at the top level")
+        raise HourNASError(f"'{path}' must hold a mapping of keys to values at the top level, "
+                           f"got {type(data).__name__}")
     return data
 
 
