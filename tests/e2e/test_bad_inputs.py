@@ -256,7 +256,7 @@ CASES = [
      ["architecture file not found: '{w}/arch/nope.yaml'", "reference nets"]),
     ("train-output-not-writable", "train.py", ["--arch", "{w}/arch/tiny.yaml",
                                                "--output_dir", "{w}/a_file/run"],
-     ["'{w}/a_file/run'", "a part of the path is a file"]),
+     ["'{w}/a_file/run'", "is a file, not a folder"]),
     ("train-no-gpu", "train.py", ["--arch", "{w}/arch/tiny.yaml", "--device_target", "GPU",
                                   "--output_dir", "{w}/out"],
      ["device target 'GPU' is not available here"]),
