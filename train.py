@@ -38,6 +38,7 @@ def parser():
 
 
 def main(args) -> int:
+    from src.checkpoint import check_output_dir
     from src.trainer import TrainConfig, check_resumable, latest_checkpoint, train
 
     overrides = overrides_from_args(args, TrainConfig)
@@ -49,6 +50,7 @@ def main(args) -> int:
         if getattr(args, flag) is not None:
             overrides.insert(0, f"{key}={getattr(args, flag)}")
     cfg = load_config(TrainConfig, args.config, overrides)
+    check_output_dir(cfg.output_dir)
     resume_from = None
     if args.resume:
         resume_from, extra = latest_checkpoint(cfg.output_dir)

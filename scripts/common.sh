@@ -81,7 +81,8 @@ run_job() {
   fi
   command -v "${cmd[0]}" >/dev/null ||
     usage_error "'${cmd[0]}' is not on PATH ($( [[ ${cmd[0]} == msrun ]] && echo "it comes with mindspore" || echo "install it or use LAUNCHER=msrun"))"
-  mkdir -p "$log_dir"
+  mkdir -p "$log_dir" 2>/dev/null ||
+    usage_error "cannot create the log folder '$log_dir': a part of OUTPUT_DIR '$out' is a file, or it is not writable; choose another OUTPUT_DIR"
   cd "$ROOT"
   printf '%q ' "${cmd[@]}" > "$log_dir/$name.command"
   echo >> "$log_dir/$name.command"

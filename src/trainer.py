@@ -645,6 +645,12 @@ class _Stop:
     def _handle(self, signum, frame):
         self.signum = signum
 
+    def pin(self) -> None:
+        """Put our handlers back: MindSpore installs a SIGINT handler of its own (it raises
+        SIGTERM) once the first step has run."""
+        for sig in self._old:
+            signal.signal(sig, self._handle)
+
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
@@ -780,7 +786,16 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None,
                  "eval": last_eval if last_eval and last_eval.get("global_step") == global_step
                  else None, "best": best_copy}
         own = _by_name(step_cell)
-        state = {n: own[n] for n in state_names}
+        state = {n: own[n].asnumpy() for n in state_names}
+        bad = [n for n, a in state.items() if not np.isfinite(a).all()]
+        if bad:  # e.g. BN statistics that overflowed while the loss was still finite
+            last = kept[-1] if kept else "none (no checkpoint was written yet)"
+            runlog.write(event="stop", reason="diverged", epoch=epoch, epoch_step=epoch_step,
+                         global_step=global_step)
+            raise DivergedError(
+                f"non-finite values in {len(bad)} tensors (e.g. '{bad[0]}') at epoch {epoch} "
+                f"step {epoch_step} (global step {global_step}); training stopped; the last good "
+                f"checkpoint is {last}; try a lower train.lr")
         name = f"{arch.name}_best.ckpt" if best_copy else f"{arch.name}-{epoch}_{epoch_step}.ckpt"
         path = os.path.join(cfg.output_dir, name)
         save_checkpoint(path, state, extra)
@@ -835,6 +850,7 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None,
                 loss_v = float(loss.asnumpy())
                 finite_v = bool(finite.asnumpy())
                 t_steps.append(time.perf_counter() - t0)
+                stop.pin()
                 if not math.isfinite(loss_v) or (not finite_v and not use_scale):
                     last = kept[-1] if kept else "none (no checkpoint was written yet)"
                     runlog.write(event="stop", reason="diverged", epoch=epoch,

@@ -363,14 +363,8 @@ SCRIPT_CASES = [
     ("output-under-a-file", "run_search_cpu.sh", ["1", SEARCH_CFG, "{w}/a_file/run"],
      ["'{w}/a_file/run'"], False),
 ]
-SCRIPT_XFAIL = {"output-under-a-file": "scripts/common.sh run_job: 'mkdir -p $log_dir' fails "
-                "under set -e with mkdir's own message and exit 1; fix described in the issue-8 "
-                "report"}
-
-
 @pytest.mark.parametrize("case_id,script,args,expect,ran", [
-    pytest.param(*c, id=c[0], marks=[pytest.mark.xfail(strict=True, reason=SCRIPT_XFAIL[c[0]])]
-                 if c[0] in SCRIPT_XFAIL else []) for c in SCRIPT_CASES])
+    pytest.param(*c, id=c[0]) for c in SCRIPT_CASES])
 def test_script_bad_input_gives_one_clear_error(w, case_id, script, args, expect, ran):
     args = [a.replace("{w}", str(w)) for a in args]
     expect = [e.replace("{w}", str(w)) for e in expect]

@@ -170,10 +170,6 @@ def test_search_nan_stops_naming_the_step_and_keeps_the_last_good_state(tmp_path
     assert _temps(out) == [] and not (out / "arch.yaml").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="src/trainer.py saves a checkpoint whose BN moving "
-                   "variance already overflowed (the loss was still finite) and names it as the "
-                   "last good one; fix described in the issue-8 report: check the state is "
-                   "finite before saving")
 def test_training_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     arch = tmp_path / "tiny.yaml"
     arch.write_text(TINY_ARCH)
