@@ -105,3 +105,15 @@ def test_block_strings_group_repeats():
 def test_missing_arch_file():
     with pytest.raises(HourNASError, match="architecture file not found: 'nope.yaml'.*fbnet_a"):
         load_arch("nope.yaml")
+
+
+def test_reference_arch_files_are_up_to_date():
+    """config/arch/*.yaml are what tools/make_reference_archs.py writes from the definitions."""
+    import importlib.util
+    import os
+    spec = importlib.util.spec_from_file_location("make_ref", "tools/make_reference_archs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for name, (arch, desc) in mod.reference_archs().items():
+        with open(os.path.join("config", "arch", f"{name}.yaml"), encoding="utf-8") as f:
+            assert f.read() == mod.render(arch, desc), name
