@@ -420,6 +420,16 @@ def load_config(schema_cls: type, path: str | None = None, overrides: Sequence[s
 
 # ----------------------------------------------------------------------------- writing
 
+def flatten(d: Any, prefix: str = "") -> dict:
+    """A nested mapping as {dotted.key: value} (to compare two resolved configs)."""
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
 def to_dict(cfg: Any) -> Any:
     """A dataclass (or nested values) -> plain dicts/lists/scalars, ready for YAML or JSON."""
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):

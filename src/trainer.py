@@ -22,16 +22,17 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 from src.checkpoint import (atomic_write, atomic_write_text, check_fit, load_checkpoint,
                             save_checkpoint)
-from src.config import save_config, to_dict
+from src.config import flatten, save_config, to_dict
 from src.context import agree_stop, params_digest
 from src.data import DataConfig, DatasetInfo, dataset_info, make_dataset, num_batches, sample_order
 from src.errors import CheckpointError, ConfigError, HourNASError
+from src.jsonlog import read_jsonl
 from src.space.plan import ACTIVATIONS
 from src.space.space import Arch, arch_from_dict, load_arch
 
@@ -517,18 +518,9 @@ def latest_checkpoint(output_dir: str) -> tuple[str, dict]:
     return found[-1]
 
 
-def _flat(d: Any, prefix: str = "") -> dict:
-    if isinstance(d, dict):
-        out = {}
-        for k, v in d.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
-
-
 def check_resumable(stored: dict, cfg: TrainConfig) -> None:
     """Raise ConfigError if ``cfg`` changes what the stored run computes."""
-    a, b = _flat(stored), _flat(to_dict(cfg))
+    a, b = flatten(stored), flatten(to_dict(cfg))
     diff = [k for k in sorted(set(a) | set(b)) if k not in RESUME_MAY_CHANGE and a.get(k) != b.get(k)]
     if diff:
         shown = "; ".join(f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in diff[:3])
@@ -573,15 +565,7 @@ class RunLog:
             fh.flush()
 
 
-def read_log(path: str) -> list[dict]:
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out
+read_log = read_jsonl  # the one JSON-lines reader
 
 
 def plot_log(log_path: str, png_path: str) -> str | None:

@@ -135,14 +135,3 @@ class RankLog:
     def write(self, **rec) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"rank": self.rank, **rec}) + "\n")
-
-
-def read_rank_log(path: str) -> list[dict]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out

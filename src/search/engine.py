@@ -20,7 +20,7 @@ import numpy as np
 from src.checkpoint import (atomic_write, atomic_write_text, check_fit, load_checkpoint,
                             remove_stale_temps, save_checkpoint)
 from src.cli import log
-from src.config import format_size, save_config, to_dict
+from src.config import flatten, format_size, save_config, to_dict
 from src.data import dataset_info, make_dataset, search_split
 from src.errors import CheckpointError, HourNASError
 from src.proposal import check_feasible, solve_proposals
@@ -241,7 +241,7 @@ class SearchRun:
                                       f"in another --output_dir")
         stored = extra.get("config")
         if isinstance(stored, dict):
-            a, b = _flat(stored), _flat(to_dict(self.cfg))
+            a, b = flatten(stored), flatten(to_dict(self.cfg))
             diff = [k for k in sorted(set(a) | set(b))
                     if k not in RESUME_MAY_CHANGE and a.get(k) != b.get(k)]
             if diff:
@@ -757,15 +757,6 @@ def _progress_bar(stage: str, done: int, total: int, per_step: float, eta: float
     sys.stderr.write(f"\r[{stage}] |{'#' * fill}{'.' * (width - fill)}| {done}/{total} "
                      f"{per_step:.2f} s/step ETA {_hms(eta)}")
     sys.stderr.flush()
-
-
-def _flat(d, prefix: str = "") -> dict:
-    if isinstance(d, dict):
-        out = {}
-        for k, v in d.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
 
 
 def _hms(seconds: float) -> str:

@@ -1,20 +1,12 @@
 """Pictures of a search run: θ per layer as a heat map, sampled cost over time, losses."""
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
+from src.jsonlog import read_jsonl
 from src.space.space import Space
-
-
-def _load_log(folder: str) -> list[dict]:
-    path = os.path.join(folder, "search_log.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def plot_search(folder: str, space: Space, targets: dict[str, float]) -> list[str]:
@@ -59,7 +51,7 @@ def plot_search(folder: str, space: Space, targets: dict[str, float]) -> list[st
         plt.close(fig)
         written.append(out)
 
-    log = _load_log(folder)
+    log = read_jsonl(os.path.join(folder, "search_log.jsonl"))
     steps = [r for r in log if "global_step" in r and "w_loss" in r]
     if steps:
         fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
