@@ -270,23 +270,10 @@ def _stem(data, where: str) -> StemSpec:
 
 
 def _read_yaml(path: str) -> dict:
-    import yaml
-    if not os.path.isfile(path):
-        raise HourNASError(f"file not found: '{path}'")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as exc:  # safe_load: a !!python tag is an error here, never run
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise HourNASError(f"invalid YAML in '{path}'{where}: {problem}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HourNASError(f"cannot read '{path}': {exc}") from None
-    if not isinstance(data, dict):
-        raise HourNASError(f"'{path}' must hold a mapping of keys to values at the top level, "
-                           f"got {type(data).__name__}")
-    return data
+    """Space and architecture files go through the project's one YAML reader (safe_load
+    semantics, duplicate keys refused, errors with line and column)."""
+    from src.config import read_yaml
+    return read_yaml(path)
 
 
 def scale_channels(c: int, width_mult: float, divisor: int = 4) -> int:
