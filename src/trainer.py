@@ -48,13 +48,32 @@ CKPT_FORMAT = "hournas-train-1"
 # (train.epochs may grow: the schedule is recomputed for the new length from that step on.
 # distributed and the device count may change: train.batch_size is global, so the steps, the
 # data order and the lr are the same; only BatchNorm's batches are per device.)
+# The learning-rate keys (RESUME_LR_KEYS) may change too, so a diverged run continues from its
+# last good checkpoint with a lower rate; the schedule continues at the saved step with the
+# new values, and the log says so.
+RESUME_LR_KEYS = ("train.lr", "train.min_lr")
 RESUME_MAY_CHANGE = ("arch", "distributed", "train.epochs", "train.log_every", "train.val_interval",
                      "train.ckpt_keep", "train.ckpt_every", "train.eval_batch_size",
-                     "data.num_workers", "data.path", "output_dir", "device_target")
+                     "data.num_workers", "data.path", "output_dir", "device_target") + RESUME_LR_KEYS
 
 
 class DivergedError(HourNASError):
     """The loss became NaN or infinite."""
+
+
+def resume_command(cfg: "TrainConfig", last: str | None) -> str:
+    """What to run after a divergence: continue from the last good checkpoint with a tenth
+    of the learning rate (or, without one, start again with it)."""
+    import shlex
+
+    lower = f"--set train.lr={cfg.train.lr / 10:g}"
+    if cfg.train.min_lr > cfg.train.lr / 10:
+        lower += f" --set train.min_lr={cfg.train.lr / 10:g}"
+    if last is None:
+        return (f"no checkpoint was written yet: start again with a lower learning rate "
+                f"({lower}) in a new --output_dir")
+    return (f"continue from it with a lower learning rate: python train.py --output_dir "
+            f"{shlex.quote(cfg.output_dir)} --resume {lower}")
 
 
 # ----------------------------------------------------------------------------- config
@@ -462,16 +481,20 @@ def load_network(ckpt: str, arch_path: str | None = None):
     from src.checkpoint import load_into
 
     params, extra = load_checkpoint(ckpt)
+    stored = extra.get("arch")
+    trained = f" (trained as '{stored['name']}')" if isinstance(stored, dict) and \
+        isinstance(stored.get("name"), str) else ""
     if arch_path:
         arch = load_arch(arch_path)
-        stored = extra.get("arch")
         if isinstance(stored, dict):  # keep the trained head size and input size
             arch = _like(arch, stored)
+        network = f"the network of --arch '{arch_path}' ('{arch.name}')"
     else:
         arch = arch_of_checkpoint(extra, ckpt)
+        network = f"its own architecture record ('{arch.name}')"
     net = create_model(arch)
     load_into(net, network_params(params, extra), strict=True,
-              where=f"checkpoint '{ckpt}' (architecture '{arch.name}')")
+              where=f"checkpoint '{ckpt}'{trained}", network=network)
     net.set_train(False)
     return net, arch, extra
 
@@ -490,9 +513,10 @@ def _like(arch: Arch, stored: dict) -> Arch:
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def list_checkpoints(output_dir: str) -> list[tuple[str, dict]]:
+def list_checkpoints(output_dir: str, unreadable: list[str] | None = None) -> list[tuple[str, dict]]:
     """[(path, extra)] of this project's training checkpoints in ``output_dir``, oldest first
-    (by the global step stored inside; unreadable files are skipped)."""
+    (by the global step stored inside). Unreadable ``.ckpt`` files are skipped; their paths
+    are appended to ``unreadable`` when a list is given."""
     found = []
     if not os.path.isdir(output_dir):
         return found
@@ -503,6 +527,8 @@ def list_checkpoints(output_dir: str) -> list[tuple[str, dict]]:
         try:
             _, extra = load_checkpoint(path)
         except CheckpointError:
+            if unreadable is not None:
+                unreadable.append(path)
             continue
         if extra.get("format") == CKPT_FORMAT:
             found.append((path, extra))
@@ -511,7 +537,20 @@ def list_checkpoints(output_dir: str) -> list[tuple[str, dict]]:
 
 
 def latest_checkpoint(output_dir: str) -> tuple[str, dict]:
-    found = [pe for pe in list_checkpoints(output_dir) if not pe[1].get("best")]
+    """The newest training checkpoint to resume from. An unreadable ``.ckpt`` in the folder
+    stops the resume: it may be the newest one (a damaged disk or copy), and silently going
+    back to an older one would repeat or lose work without saying so."""
+    unreadable: list[str] = []
+    found = [pe for pe in list_checkpoints(output_dir, unreadable) if not pe[1].get("best")]
+    if unreadable:
+        bad = unreadable[-1]
+        older = (f"the newest readable one is '{found[-1][0]}' (global step "
+                 f"{found[-1][1]['global_step']}): to continue from it, move the unreadable "
+                 f"file away (mv '{bad}' '{bad}.broken') and run --resume again"
+                 if found else "no readable training checkpoint is left: start a new run")
+        more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+        raise CheckpointError(f"--resume: checkpoint '{bad}'{more} in '{output_dir}' is "
+                              f"unreadable (truncated or not a MindSpore checkpoint); {older}")
     if not found:
         raise CheckpointError(f"--resume: no training checkpoint in '{output_dir}'; start without "
                               f"--resume, or give the --output_dir of the run to continue")
@@ -728,7 +767,15 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None,
         runlog.reset(keep_until_step=global_step)
         log(f"resumed from {resume_from}: epoch {epoch}, step {epoch_step}/{spe} "
             f"(global step {global_step})")
-        runlog.write(event="resume", global_step=global_step, ckpt=os.path.basename(resume_from))
+        was, now = flatten(extra_in["config"]), flatten(to_dict(cfg))
+        changed = {k: (was.get(k), now.get(k)) for k in RESUME_LR_KEYS if was.get(k) != now.get(k)}
+        if changed:
+            log("learning rate changed on resume: " + ", ".join(
+                f"{k} {a:g} -> {b:g}" if isinstance(a, (int, float)) and isinstance(b, (int, float))
+                else f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+                + f"; the schedule continues at global step {global_step} with the new values")
+        runlog.write(event="resume", global_step=global_step, ckpt=os.path.basename(resume_from),
+                     **({"lr_changed": {k: list(v) for k, v in changed.items()}} if changed else {}))
     else:
         existing = [pe for pe in list_checkpoints(cfg.output_dir) if main]
         if existing:
@@ -779,7 +826,7 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None,
             raise DivergedError(
                 f"non-finite values in {len(bad)} tensors (e.g. '{bad[0]}') at epoch {epoch} "
                 f"step {epoch_step} (global step {global_step}); training stopped; the last good "
-                f"checkpoint is {last}; try a lower train.lr")
+                f"checkpoint is {last}; {resume_command(cfg, kept[-1] if kept else None)}")
         name = f"{arch.name}_best.ckpt" if best_copy else f"{arch.name}-{epoch}_{epoch_step}.ckpt"
         path = os.path.join(cfg.output_dir, name)
         save_checkpoint(path, state, extra)
@@ -843,8 +890,8 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None,
                     raise DivergedError(
                         f"loss is {loss_v} (gradients {'finite' if finite_v else 'not finite'}) "
                         f"at epoch {epoch} step {epoch_step + 1} (global step {global_step + 1}); "
-                        f"training stopped; the last good checkpoint is {last}; try a lower "
-                        f"train.lr")
+                        f"training stopped; the last good checkpoint is {last}; "
+                        f"{resume_command(cfg, kept[-1] if kept else None)}")
                 epoch_step += 1
                 global_step += 1
                 loss_acc += loss_v

@@ -128,3 +128,26 @@ class SearchConfig:
     proposal: ProposalConfig = field(default_factory=ProposalConfig)
     output_dir: str = "runs/search"
     device_target: str = "CPU"
+
+
+# Learning rates a resumed search may change (src.search.engine.RESUME_MAY_CHANGE holds them):
+# a diverged run continues from its last good state with a lower rate.
+RESUME_LR_KEYS = ("search.w_lr", "search.arch_lr")
+
+
+def lower_lr_command(cfg: SearchConfig, output_dir: str, keys: tuple[str, ...]) -> str:
+    """The command that continues a diverged search from its last good state with a tenth of
+    the learning rates ``keys`` (dotted, of RESUME_LR_KEYS), from the run's own config.yaml."""
+    import os
+    import shlex
+
+    sets = " ".join(f"--set {k}={getattr(cfg.search, k.split('.', 1)[1]) / 10:g}" for k in keys)
+    config = shlex.quote(os.path.join(output_dir, "config.yaml"))
+    return (f"continue from it with a lower learning rate: python search.py --config {config} "
+            f"--output_dir {shlex.quote(output_dir)} --resume {sets}")
+
+
+def lr_changes(stored: dict, now: dict) -> dict[str, tuple]:
+    """{key: (checkpoint value, new value)} of the RESUME_LR_KEYS that differ between two
+    flattened configs."""
+    return {k: (stored.get(k), now.get(k)) for k in RESUME_LR_KEYS if stored.get(k) != now.get(k)}

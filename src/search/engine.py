@@ -26,15 +26,16 @@ from src.errors import CheckpointError, HourNASError
 from src.proposal import check_feasible, solve_proposals
 from src.resource import OBJECTIVES, ResourceTable, count, resource_table
 from src.sampler import GumbelNoise, TauSchedule
-from src.search.config import SearchConfig
+from src.search.config import SearchConfig, lower_lr_command, lr_changes
 from src.search.derive import derive, relative_errors
 from src.space.space import Space, arch_to_yaml, load_space
 
 STATE_FILE = "search_state.ckpt"
 LOG_FILE = "search_log.jsonl"
 # Config keys a resumed search may change: they do not change what it computes.
+# The learning rates may change too (the log says so): a diverged run continues with lower ones.
 RESUME_MAY_CHANGE = ("output_dir", "device_target", "data.path", "data.num_workers",
-                     "search.log_every", "search.ckpt_every")
+                     "search.log_every", "search.ckpt_every", "search.w_lr", "search.arch_lr")
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -209,7 +210,9 @@ class SearchRun:
             raise HourNASError(
                 f"non-finite values in {len(bad)} tensors (e.g. '{bad[0]}') at {self.state.stage} "
                 f"global step {self.state.global_step}; not saved: the last good state stays in "
-                f"{self.path(STATE_FILE)}; lower search.w_lr or search.arch_lr")
+                f"{self.path(STATE_FILE)}; " + lower_lr_command(
+                    self.cfg, self.out, ("search.arch_lr",) if all(
+                        n in values for n in bad) else ("search.w_lr",)))
         extra = {
             "kind": "hournas-search",
             "space": self.space.name,
@@ -251,6 +254,11 @@ class SearchRun:
                                    f"with the run's settings ({self.path('config.yaml')}) or "
                                    f"start a new search in another --output_dir (may change on "
                                    f"resume: {', '.join(RESUME_MAY_CHANGE)})")
+            changed = lr_changes(a, b)
+            if changed:
+                log("learning rate changed on resume: " + ", ".join(
+                    f"{k} {v[0]!r} -> {v[1]!r}" for k, v in changed.items()) + "; the search "
+                    "continues from the saved state with the new values")
         return params, extra
 
     # -- the bilevel loop -------------------------------------------------------------
@@ -329,7 +337,9 @@ class SearchRun:
                         f"{self.state.step + 1} (global step {self.state.global_step + 1}; "
                         f"weight loss {w_loss}, architecture loss {res['loss']}); the last good "
                         f"state is in {self.path(STATE_FILE)} (global step "
-                        f"{self._saved_step}); lower search.w_lr or search.arch_lr")
+                        f"{self._saved_step}); " + lower_lr_command(
+                            self.cfg, self.out, ("search.w_lr",) if not math.isfinite(w_loss)
+                            else ("search.arch_lr",)))
                 self.state.step += 1
                 self.state.global_step += 1
                 self.state.stage_step += 1
