@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from src.cli import common_parser, emit_json, log, run_main  # noqa: E402
+from src.cli import ArgumentParser, common_parser, emit_json, log, run_main  # noqa: E402
 from src.errors import HourNASError  # noqa: E402
 
 COMMANDS = ("importance", "hourglass", "report", "ablations")
@@ -42,8 +42,8 @@ def _probability(text: str) -> float:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, allow_abbrev=False,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     subs = p.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}", required=True)
 
     imp = subs.add_parser("importance", allow_abbrev=False,

@@ -7,13 +7,20 @@ MINDIR is written with a dynamic batch dimension (None); ONNX needs a fixed batc
 fails to export BatchNorm with a dynamic one). After writing, the MINDIR is loaded back
 (ms.load + nn.GraphCell) and run on a random batch of --batch_size and of --batch_size + 1; its
 outputs must match the checkpointed network within --tolerance (max abs difference printed).
-The ONNX file is checked the same way when onnxruntime is installed. Files are written
-atomically: {arch}.mindir and {arch}_b{N}.onnx in --output_dir (default: the checkpoint's folder).
+The ONNX file is checked the same way when onnxruntime is installed. Each file is exported and
+checked in a fresh temporary folder (MindSpore's exporters accept only plain ASCII paths:
+letters, digits and @_-.:/\\), then moved into place atomically, so --output_dir may be any
+folder ("my run", "实验") and a file that fails its check is never written:
+{arch}.mindir and {arch}_b{N}.onnx in --output_dir (default: the checkpoint's folder).
 """
 from __future__ import annotations
 
+import math
 import os
+import re
+import shutil
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,6 +44,40 @@ def parser():
     return p
 
 
+# the file names ms.export and mindspore.onnx.export accept (MindSpore 2.10)
+_MS_PATH = re.compile(r"^[0-9a-zA-Z@_\-.:/\\]+$")
+
+
+def ms_accepts_path(path: str) -> bool:
+    """Whether MindSpore's exporters accept ``path`` (checked as an absolute path)."""
+    return bool(_MS_PATH.match(os.path.abspath(path)))
+
+
+def staging_dir() -> str:
+    """A new empty temporary folder whose path MindSpore's exporters accept (the caller
+    removes it). The system temp folder ($TMPDIR) first, then /tmp, /var/tmp, /dev/shm."""
+    tried = []
+    for base in (tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"):
+        if base in tried:
+            continue
+        tried.append(base)
+        if os.path.isdir(base) and ms_accepts_path(os.path.join(base, "hournas_export_x")):
+            try:
+                return tempfile.mkdtemp(prefix="hournas_export_", dir=base)
+            except OSError:
+                continue
+    raise HourNASError(f"no writable temporary folder with a plain ASCII path for MindSpore's "
+                       f"exporter (tried {', '.join(tried)}); set TMPDIR to such a folder")
+
+
+def place(src: str, dst: str) -> str:
+    """Move the finished file ``src`` to ``dst`` atomically (copied next to ``dst``, then
+    renamed over it): ``dst`` is either the old file or the complete new one."""
+    from src.checkpoint import atomic_write
+
+    return atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
 def _check(name: str, got, want, tol: float) -> float:
     import numpy as np
 
@@ -55,13 +96,15 @@ def main(args) -> int:
     import mindspore as ms
     import mindspore.nn as nn
 
-    from src.checkpoint import (atomic_write, check_output_dir, load_checkpoint,
-                                require_training_checkpoint)
+    from src.checkpoint import check_output_dir, load_checkpoint, require_training_checkpoint
     from src.context import setup_context
     from src.trainer import load_network
 
     if args.batch_size < 1:
         raise HourNASError(f"--batch_size must be >= 1, got {args.batch_size}")
+    if not (args.tolerance >= 0 and math.isfinite(args.tolerance)):
+        raise HourNASError(f"--tolerance must be a number >= 0 (the largest allowed output "
+                           f"difference), got {args.tolerance:g}")
     for flag in ("config", "data_path"):
         if getattr(args, flag):
             raise HourNASError(f"--{flag} does not apply to export.py")
@@ -79,40 +122,50 @@ def main(args) -> int:
     fmt = args.file_format
     result = {"arch": arch.name, "ckpt": args.ckpt, "input": [None, c, s, s], "files": {}}
 
-    if fmt in ("MINDIR", "BOTH"):
-        path = os.path.join(out_dir, f"{arch.name}.mindir")
-        spec = ms.Tensor(shape=[None, c, s, s], dtype=ms.float32)
-        atomic_write(path, lambda tmp: ms.export(net, spec, file_name=tmp, file_format="MINDIR"))
-        graph = nn.GraphCell(ms.load(path))
-        diffs = [_check(f"MINDIR '{path}' at batch {b}", graph(ms.Tensor(x)).asnumpy(), want[b],
-                        args.tolerance) for b, x in batches.items()]
-        log(f"wrote {path} (input [None, {c}, {s}, {s}]); reloaded with ms.load + nn.GraphCell: "
-            f"max abs diff {max(diffs):.3g} at batches {n} and {n + 1} (tolerance "
-            f"{args.tolerance:g})")
-        result["files"]["MINDIR"] = {"path": path, "max_abs_diff": max(diffs), "batch": None}
+    stage = staging_dir()
+    try:
+        if fmt in ("MINDIR", "BOTH"):
+            path = os.path.join(out_dir, f"{arch.name}.mindir")
+            tmp = os.path.join(stage, "model.mindir")
+            spec = ms.Tensor(shape=[None, c, s, s], dtype=ms.float32)
+            ms.export(net, spec, file_name=tmp, file_format="MINDIR")
+            graph = nn.GraphCell(ms.load(tmp))
+            diffs = [_check(f"MINDIR '{path}' at batch {b}", graph(ms.Tensor(x)).asnumpy(),
+                            want[b], args.tolerance) for b, x in batches.items()]
+            place(tmp, path)
+            log(f"wrote {path} (input [None, {c}, {s}, {s}]); reloaded with ms.load + "
+                f"nn.GraphCell: max abs diff {max(diffs):.3g} at batches {n} and {n + 1} "
+                f"(tolerance {args.tolerance:g})")
+            result["files"]["MINDIR"] = {"path": path, "max_abs_diff": max(diffs), "batch": None}
 
-    if fmt in ("ONNX", "BOTH"):
-        import mindspore.onnx
+        if fmt in ("ONNX", "BOTH"):
+            import mindspore.onnx
 
-        path = os.path.join(out_dir, f"{arch.name}_b{n}.onnx")
-        example = ms.Tensor(np.zeros((n, c, s, s), np.float32))
-        atomic_write(path, lambda tmp: mindspore.onnx.export(
-            net, example, file_name=tmp, input_names=["image"], output_names=["logits"]))
-        entry = {"path": path, "batch": n, "max_abs_diff": None}
-        try:
-            import onnxruntime
-        except ImportError:
-            onnxruntime = None
-        if onnxruntime is None:
-            log(f"wrote {path} (input [{n}, {c}, {s}, {s}]); not run: onnxruntime is not "
-                f"installed (pip install onnxruntime to check it)")
-        else:
-            sess = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-            got = sess.run(None, {sess.get_inputs()[0].name: batches[n]})[0]
-            diff = _check(f"ONNX '{path}'", got, want[n], args.tolerance)
-            entry["max_abs_diff"] = diff
-            log(f"wrote {path} (input [{n}, {c}, {s}, {s}]); onnxruntime max abs diff {diff:.3g}")
-        result["files"]["ONNX"] = entry
+            path = os.path.join(out_dir, f"{arch.name}_b{n}.onnx")
+            tmp = os.path.join(stage, "model.onnx")
+            example = ms.Tensor(np.zeros((n, c, s, s), np.float32))
+            mindspore.onnx.export(net, example, file_name=tmp, input_names=["image"],
+                                  output_names=["logits"])
+            entry = {"path": path, "batch": n, "max_abs_diff": None}
+            try:
+                import onnxruntime
+            except ImportError:
+                onnxruntime = None
+            if onnxruntime is None:
+                place(tmp, path)
+                log(f"wrote {path} (input [{n}, {c}, {s}, {s}]); not run: onnxruntime is not "
+                    f"installed (pip install onnxruntime to check it)")
+            else:
+                sess = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+                got = sess.run(None, {sess.get_inputs()[0].name: batches[n]})[0]
+                diff = _check(f"ONNX '{path}'", got, want[n], args.tolerance)
+                entry["max_abs_diff"] = diff
+                place(tmp, path)
+                log(f"wrote {path} (input [{n}, {c}, {s}, {s}]); onnxruntime max abs diff "
+                    f"{diff:.3g}")
+            result["files"]["ONNX"] = entry
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
     if args.json:
         emit_json(result)

@@ -279,8 +279,9 @@ def _names(items: list[str]) -> str:
 
 
 def check_fit(where: str, actual: Mapping[str, tuple], expected: Mapping[str, tuple],
-              allow_unexpected: bool = False) -> None:
-    """Raise CheckpointError if ``actual`` (name -> shape) does not fit ``expected``."""
+              allow_unexpected: bool = False, network: str = "this network") -> None:
+    """Raise CheckpointError if ``actual`` (name -> shape) does not fit ``expected`` (the
+    parameters of ``network``, named so in the message)."""
     missing = [n for n in expected if n not in actual]
     unexpected = [] if allow_unexpected else [n for n in actual if n not in expected]
     shaped = [f"{n}: {_shape_str(actual[n])} vs {_shape_str(expected[n])}"
@@ -294,7 +295,7 @@ def check_fit(where: str, actual: Mapping[str, tuple], expected: Mapping[str, tu
         parts.append(f"{len(unexpected)} unexpected ({_names(unexpected)})")
     if shaped:
         parts.append(f"{len(shaped)} with other shapes ({_names(shaped)}; checkpoint vs network)")
-    raise CheckpointError(f"{where} does not fit this network: " + ", ".join(parts))
+    raise CheckpointError(f"{where} does not fit {network}: " + ", ".join(parts))
 
 
 def load_checkpoint(path: str, expected: Mapping[str, tuple] | None = None) -> tuple[dict, dict]:
@@ -348,13 +349,15 @@ def require_training_checkpoint(path: str, extra: Mapping[str, Any]) -> None:
 
 
 def load_into(cell: Any, params: Mapping[str, Any], strict: bool = True,
-              where: str = "checkpoint") -> None:
+              where: str = "checkpoint", network: str = "this network") -> None:
     """Load ``params`` into ``cell`` after checking names and shapes against
-    ``cell.parameters_dict()`` (``strict=False`` ignores extra names)."""
+    ``cell.parameters_dict()`` (``strict=False`` ignores extra names); ``network`` names
+    ``cell`` in the mismatch message."""
     import mindspore as ms
 
     own = {n: tuple(p.shape) for n, p in cell.parameters_dict().items()}
-    check_fit(where, {n: tuple(p.shape) for n, p in params.items()}, own, allow_unexpected=not strict)
+    check_fit(where, {n: tuple(p.shape) for n, p in params.items()}, own,
+              allow_unexpected=not strict, network=network)
     to_load = {n: (p if isinstance(p, ms.Parameter) else ms.Parameter(p, name=n))
                for n, p in params.items() if n in own}
     not_loaded, _ = ms.load_param_into_net(cell, to_load, strict_load=True)

@@ -40,10 +40,20 @@ def _device_target(text: str) -> str:
     raise argparse.ArgumentTypeError(f"unknown device target '{text}'; valid: {', '.join(DEVICE_TARGETS)}")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's error format: a usage error (unknown flag, bad choice, a
+    value that is not a number, a missing required flag) is one ``error: ...`` line on stderr
+    and exit code 2, without argparse's usage block (``--help`` still shows it). Subparsers
+    made with ``add_subparsers`` inherit the class."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
 def common_parser(description: str | None = None) -> argparse.ArgumentParser:
     """The flags every entry point shares; add command-specific ones to the result."""
-    p = argparse.ArgumentParser(description=description, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=description, allow_abbrev=False,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="PATH", help="YAML config file")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
                    help="override a config key, e.g. --set search.tau=5.0 (repeatable)")

@@ -133,6 +133,10 @@ def _read_with_bases(path: str, chain: tuple[str, ...] = ()) -> dict:
     if real in chain:
         raise ConfigError(f"config '{path}' includes itself through '{BASE_KEY}'; remove the cycle")
     data = read_yaml(path)
+    if not data:  # an empty file (or only comments) is a mistake, not "all defaults"
+        raise ConfigError(f"config file '{path}' is empty; give a YAML mapping of config keys "
+                          f"(e.g. a copy of a file in config/), or leave --config out for the "
+                          f"defaults")
     bases = data.pop(BASE_KEY, None)
     if bases is None:
         return data
