@@ -150,6 +150,26 @@ def softmax_np(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def stable_softmax(a, axis: int = -1) -> np.ndarray:
+    """softmax for pictures and reports: finite and warning-free for any input. Shifted by
+    the largest finite entry (so 1e30 or -1e30 logits do not overflow); where a row holds
+    +inf entries they share its mass equally; nan and -inf entries get 0; a row with no usable
+    entry is uniform."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 0:
+        return np.ones_like(a)
+    with np.errstate(all="ignore"):
+        pos = np.isposinf(a)
+        usable = np.where(np.isfinite(a), a, -np.inf)
+        top = usable.max(axis=axis, keepdims=True) if a.shape[axis] else usable
+        top = np.where(np.isfinite(top), top, 0.0)
+        e = np.exp(usable - top)
+        e = np.where(pos.any(axis=axis, keepdims=True), pos.astype(np.float64), e)
+        total = e.sum(axis=axis, keepdims=True)
+        out = np.where(total > 0, e / np.where(total > 0, total, 1.0), 1.0 / max(1, a.shape[axis]))
+    return out
+
+
 def softmax_sample_np(logits: np.ndarray, tau: float) -> np.ndarray:
     return softmax_np(logits / tau)
 

@@ -245,8 +245,8 @@ def theta_over_time_figure(run: Run, stage: str):
 
 
 def _softmax(a: np.ndarray, axis: int = -1) -> np.ndarray:
-    e = np.exp(a - a.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+    from src.sampler import stable_softmax
+    return stable_softmax(a, axis=axis)
 
 
 def _heatmap(ax, probs: np.ndarray, labels: list[str], ops: list[str], chosen: list):

@@ -6,6 +6,7 @@ import os
 import numpy as np
 
 from src.jsonlog import read_jsonl
+from src.sampler import stable_softmax
 from src.space.space import Space
 
 
@@ -21,14 +22,13 @@ def plot_search(folder: str, space: Space, targets: dict[str, float]) -> list[st
         data = np.load(params_path, allow_pickle=False)
         theta = data["theta"]
         if theta.ndim == 3:  # proposals: show the most probable one
-            pi = data["pi"]
+            pi = stable_softmax(data["pi"])
             j = int(np.argmax(pi))
             theta = theta[j]
-            title = f"θ of proposal {j} (π = {np.exp(pi[j]) / np.exp(pi).sum():.2f})"
+            title = f"θ of proposal {j} (π = {pi[j]:.2f})"
         else:
             title = "θ (single stage)"
-        probs = np.exp(theta - theta.max(1, keepdims=True))
-        probs /= probs.sum(1, keepdims=True)
+        probs = stable_softmax(theta, axis=1)
         searched = [i for i in space.searchable][:probs.shape[0]]
         nonvital = space.nonvital_layers()
         if probs.shape[0] == len(nonvital):
