@@ -3,6 +3,7 @@
     python eval.py --ckpt runs/train/fbnet_b_best.ckpt                 # top-1, top-5, loss
     python eval.py --ckpt CKPT --data_path DIR --json                  # CIFAR-10 / ImageNet
     python eval.py --arch config/arch/fbnet_b.yaml --profile [--json]  # params, FLOPs, layers
+    python eval.py --arch config/arch/fbnet_c.yaml --format timm [--json]  # for timm's builder
 
 The architecture and the data settings come from the checkpoint (its stored architecture record
 and config) unless --arch / --data_path / --set data.KEY=VALUE say otherwise. top1 and top5 are
@@ -28,7 +29,29 @@ def parser():
                    help="eval batch (default: the training run's eval batch)")
     p.add_argument("--profile", action="store_true",
                    help="print params/FLOPs per layer of --arch; no checkpoint or data needed")
+    p.add_argument("--format", choices=("timm",), dest="format",
+                   help="print --arch as block strings for another tool: timm (the EfficientNet "
+                        "builder's arch_def, or an error naming what timm cannot express)")
     return p
+
+
+def export_format(args) -> int:
+    from src.resource import count
+    from src.space.blockstr import timm_arch_def, timm_snippet
+    from src.space.space import load_arch
+
+    if not args.arch:
+        raise HourNASError("--format timm needs --arch FILE (e.g. config/arch/fbnet_c.yaml)")
+    arch = load_arch(args.arch)
+    out = timm_arch_def(arch)
+    total = count(arch)
+    if args.json:
+        emit_json({"arch": arch.name, "format": args.format, "params": total["params"], **out})
+        return 0
+    log(timm_snippet(arch, out).rstrip())
+    log(f"# same network as ours: {total['params']:,} params, {format_size(total['flops'])} "
+        f"FLOPs at {arch.input_size}x{arch.input_size}")
+    return 0
 
 
 def profile(args) -> int:
@@ -64,6 +87,8 @@ def profile(args) -> int:
 
 
 def main(args) -> int:
+    if args.format:
+        return export_format(args)
     if args.profile:
         return profile(args)
     if not args.ckpt:
