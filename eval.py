@@ -27,6 +27,10 @@ def parser():
     p.add_argument("--arch", metavar="FILE", help="architecture YAML (default: the checkpoint's)")
     p.add_argument("--batch_size", type=int, metavar="N",
                    help="eval batch (default: the training run's eval batch)")
+    p.add_argument("--verify-data", dest="verify_data", action="store_true",
+                   help="decode every image of the dataset first (in parallel, progress "
+                        "on stderr); one error names the broken ones (by default a large image "
+                        "folder is checked on a random sample)")
     p.add_argument("--profile", action="store_true",
                    help="print params/FLOPs per layer of --arch; no checkpoint or data needed")
     p.add_argument("--format", choices=("timm",), dest="format",
@@ -104,6 +108,9 @@ def main(args) -> int:
     overrides = overrides_from_args(args, TrainConfig)
     stored = extra.get("config") if isinstance(extra.get("config"), dict) else {}
     cfg = load_config(TrainConfig, args.config, overrides, base=stored)
+    if args.verify_data:
+        from src.data import verify_dataset
+        verify_dataset(cfg.data, log)
     setup_context(cfg.device_target, "graph")
     net, arch, extra = load_network(args.ckpt, args.arch)
     batch = args.batch_size or cfg.train.eval_batch_size or cfg.train.batch_size

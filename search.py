@@ -70,6 +70,9 @@ def main(args) -> int:
     if args.stage != "describe":
         from src.checkpoint import check_output_dir
         check_output_dir(out_dir)
+    if args.verify_data and args.stage == "all":
+        from src.data import verify_dataset
+        verify_dataset(cfg.data, log)
     if args.stage == "proposals":
         from src.search.proposals_stage import run_proposals_stage
         summary = run_proposals_stage(cfg, out_dir)
@@ -92,6 +95,10 @@ def parser():
     p = common_parser(__doc__)
     p.add_argument("--stage", choices=STAGES, default="all",
                    help="which part of the search to run (default: all)")
+    p.add_argument("--verify-data", dest="verify_data", action="store_true",
+                   help="decode every image of the dataset first (in parallel, progress "
+                        "on stderr); one error names the broken ones (by default a large image "
+                        "folder is checked on a random sample)")
     p.add_argument("--resume", action="store_true",
                    help="continue the search in --output_dir from its checkpoint")
     p.add_argument("--no-vital-priori", dest="no_vital_priori", action="store_true",

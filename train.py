@@ -29,6 +29,10 @@ def parser():
     p.add_argument("--arch", metavar="FILE", help="architecture YAML (config key arch)")
     p.add_argument("--epochs", type=int, metavar="N", help="config key train.epochs")
     p.add_argument("--batch_size", type=int, metavar="B", help="global batch (train.batch_size)")
+    p.add_argument("--verify-data", dest="verify_data", action="store_true",
+                   help="decode every image of the dataset first (in parallel, progress "
+                        "on stderr); one error names the broken ones (by default a large image "
+                        "folder is checked on a random sample)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in the output folder")
     p.add_argument("--distributed", action="store_true",
@@ -51,6 +55,9 @@ def main(args) -> int:
             overrides.insert(0, f"{key}={getattr(args, flag)}")
     cfg = load_config(TrainConfig, args.config, overrides)
     check_output_dir(cfg.output_dir)
+    if args.verify_data:
+        from src.data import verify_dataset
+        verify_dataset(cfg.data, log)
     resume_from = None
     if args.resume:
         resume_from, extra = latest_checkpoint(cfg.output_dir)

@@ -58,6 +58,23 @@ check_dir() {  # check_dir NAME VALUE
 
 abs() { realpath -m -- "$1"; }
 
+# check_device: a GPU/Ascend job on a machine without that device stops here with one error
+# line, before msrun starts workers (whose failure would add msrun's own traceback). A probe
+# that cannot run at all (no python/mindspore) is left to the job to report.
+check_device() {
+  [[ ${DEVICE_TARGET:-CPU} == CPU ]] && return 0
+  local why rc=0
+  why=$(cd "$ROOT" && GLOG_v=3 python -c 'import sys
+from src.context import device_available
+ok, why = device_available(sys.argv[1])
+print(why)
+sys.exit(0 if ok else 3)' "$DEVICE_TARGET" 2>/dev/null) || rc=$?
+  if (( rc == 3 )); then
+    local cpu_script=${SCRIPT/_${DEVICE_TARGET,,}.sh/_cpu.sh}
+    usage_error "device target '$DEVICE_TARGET' is not available here: ${why:-no $DEVICE_TARGET back end}; run on a machine with one, or use $cpu_script"
+  fi
+}
+
 # run_job NAME DEVICES OUTPUT_DIR ENTRY.py ARGS...: build one command, run it in the foreground
 # from the repository root, keep its exit code.
 run_job() {
@@ -79,6 +96,7 @@ run_job() {
       *) usage_error "LAUNCHER must be msrun or mpirun, got '${LAUNCHER}'" ;;
     esac
   fi
+  check_device
   command -v "${cmd[0]}" >/dev/null ||
     usage_error "'${cmd[0]}' is not on PATH ($( [[ ${cmd[0]} == msrun ]] && echo "it comes with mindspore" || echo "install it or use LAUNCHER=msrun"))"
   mkdir -p "$log_dir" 2>/dev/null ||

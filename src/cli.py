@@ -193,6 +193,42 @@ def run_main(main_fn: Callable[[argparse.Namespace], int | None], argv: Sequence
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     log.configure(getattr(args, "json", False))
+    dumps = _decoder_dumps()
+    try:
+        return _run(main_fn, args, debug)
+    finally:
+        _remove_new_dumps(dumps)
+
+
+def _decoder_dumps() -> dict[str, int]:
+    """The files MindSpore's image decoder dumps into the current folder when an image fails
+    (./abnormal_image.jpg, ./unsupported_image.gif, ...), with their mtimes."""
+    from src.data import DECODER_DUMPS
+
+    out = {}
+    try:
+        with os.scandir(os.getcwd()) as it:
+            for e in it:
+                if e.name.startswith(DECODER_DUMPS) and e.is_file(follow_symlinks=False):
+                    out[e.path] = e.stat(follow_symlinks=False).st_mtime_ns
+    except OSError:
+        pass
+    return out
+
+
+def _remove_new_dumps(before: dict[str, int]) -> None:
+    """Remove the decoder dumps this process made: nothing the user did not ask for stays in
+    the working folder (the error line names the broken file itself)."""
+    for path, mtime in _decoder_dumps().items():
+        if path not in before:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+
+
+def _run(main_fn: Callable[[argparse.Namespace], int | None], args: argparse.Namespace,
+         debug: bool) -> int:
     try:
         code = main_fn(args)
     except HourNASError as e:
@@ -218,6 +254,11 @@ def run_main(main_fn: Callable[[argparse.Namespace], int | None], argv: Sequence
     except Exception as e:
         if debug:
             traceback.print_exc()
+        from src.data import pipeline_error
+        named = pipeline_error(e)  # a broken image met by MindSpore's pipeline during a run
+        if named is not None:
+            print(f"error: {_one_line(named)}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         msg = lines[0][:300] if lines else ""
         hint = "" if debug else " (run with --debug for the traceback)"
