@@ -45,3 +45,96 @@ def test_block_rejects(bad):
 def test_unknown_token_message_lists_valid():
     with pytest.raises(HourNASError, match=r"unknown token 'x1' in 'k3_e6_x1'; valid tokens"):
         parse_op("k3_e6_x1")
+
+
+# ----------------------------------------------------------------------------- timm
+
+@pytest.mark.parametrize("text,expect", [
+    ("er_r1_k3_s1_e6_c24", "block type 'er' (timm's edge residual) is not supported in "
+                           "'er_r1_k3_s1_e6_c24'; supported: ir, ds, skip"),
+    ("cn_r1_k1_s1_c16", "block type 'cn' (timm's conv-BN-act) is not supported"),
+    ("uir_r1_k3_s1_e4_c32", "block type 'uir'"),
+    ("ir_r1_k3_s1_e6_c24_cc4", "token 'cc4' (timm's CondConv experts) is not supported"),
+    ("ir_r1_k3_s1_e6_c24_skip", "token 'skip' (timm's force-skip flag) is not supported"),
+    ("ir_r1_k3_s1_e6_c24_nsw", "token 'nsw' (timm's per-block activation) is not supported"),
+    ("ir_r1_k3.5.7_s1_e6_c24", "token 'k3.5.7' (timm's mixed kernel sizes (MixNet))"),
+    ("ir_r1_k3_s1_e6_c24_gs8", "token 'gs8' (timm's group size)"),
+])
+def test_timm_tokens_we_lack_are_refused_by_name(text, expect):
+    with pytest.raises(HourNASError) as e:
+        parse_block(text)
+    assert expect in str(e.value)
+
+
+# timm's own definitions (timm/models/efficientnet.py, _gen_*), with its optional '_e1' of
+# 'ds' blocks left out (ds has no expansion)
+TIMM_DEFS = {
+    "fbnet_c": [["ir_r1_k3_s1_e1_c16"], ["ir_r1_k3_s2_e6_c24", "ir_r2_k3_s1_e1_c24"],
+                ["ir_r1_k5_s2_e6_c32", "ir_r1_k5_s1_e3_c32", "ir_r1_k5_s1_e6_c32",
+                 "ir_r1_k3_s1_e6_c32"],
+                ["ir_r1_k5_s2_e6_c64", "ir_r1_k5_s1_e3_c64", "ir_r2_k5_s1_e6_c64"],
+                ["ir_r3_k5_s1_e6_c112", "ir_r1_k5_s1_e3_c112"], ["ir_r4_k5_s2_e6_c184"],
+                ["ir_r1_k3_s1_e6_c352"]],
+    "efficientnet_b0": [["ds_r1_k3_s1_c16_se0.25"], ["ir_r2_k3_s2_e6_c24_se0.25"],
+                        ["ir_r2_k5_s2_e6_c40_se0.25"], ["ir_r3_k3_s2_e6_c80_se0.25"],
+                        ["ir_r3_k5_s1_e6_c112_se0.25"], ["ir_r4_k5_s2_e6_c192_se0.25"],
+                        ["ir_r1_k3_s1_e6_c320_se0.25"]],
+    "mnasnet_a1": [["ds_r1_k3_s1_c16_noskip"], ["ir_r2_k3_s2_e6_c24"],
+                   ["ir_r3_k5_s2_e3_c40_se0.25"], ["ir_r4_k3_s2_e6_c80"],
+                   ["ir_r2_k3_s1_e6_c112_se0.25"], ["ir_r3_k5_s2_e6_c160_se0.25"],
+                   ["ir_r1_k3_s1_e6_c320"]],
+    "mobilenet_v2": [["ds_r1_k3_s1_c16"], ["ir_r2_k3_s2_e6_c24"], ["ir_r3_k3_s2_e6_c32"],
+                     ["ir_r4_k3_s2_e6_c64"], ["ir_r3_k3_s1_e6_c96"], ["ir_r3_k3_s2_e6_c160"],
+                     ["ir_r1_k3_s1_e6_c320"]],
+}
+
+
+@pytest.mark.parametrize("name", sorted(TIMM_DEFS))
+def test_timm_export_of_reference_nets_is_timms_own_definition(name):
+    from src.space.blockstr import timm_arch_def
+    from src.space.space import load_arch
+    arch = load_arch(name)
+    out = timm_arch_def(arch)
+    assert out["arch_def"] == TIMM_DEFS[name]
+    assert out["kwargs"]["stem_size"] == arch.stem.c and out["kwargs"]["num_features"] == arch.head
+    assert out["dropped_identity_layers"] == (["L3"] if name == "fbnet_c" else [])
+
+
+def test_timm_export_writes_a_projection_skip_as_timm_does():
+    from src.space.blockstr import timm_arch_def
+    from src.space.space import arch_from_dict
+    arch = arch_from_dict({"name": "p", "input_size": 64, "num_classes": 10,
+                           "stem": {"c": 16, "k": 3, "s": 2}, "head": 64,
+                           "blocks": ["skip_r1_s2_c24", "skip_r1_s1_c24", "ir_r1_k3_s1_e6_c24",
+                                      "ir_r1_k3_s1_e6_c24"]})
+    out = timm_arch_def(arch)
+    # 1x1 conv-BN-act (stride 2, 16 -> 24), the identity dropped, equal blocks merged
+    assert out["arch_def"] == [["cn_r1_k1_s2_c24", "ir_r2_k3_s1_e6_c24"]]
+    assert out["dropped_identity_layers"] == ["L2"]
+
+
+@pytest.mark.parametrize("name,expect", [
+    ("fbnet_a", ["grouped 1x1 convs with channel shuffle (_g2)", "L12 'k5_e1_g2'"]),
+    ("hournas_f", ["squeeze-and-excitation without bias"]),
+    ("hournas_f_c10", ["k3 stride-1 stem", "squeeze-and-excitation without bias"]),
+])
+def test_timm_export_refuses_what_timm_cannot_express(name, expect):
+    from src.space.blockstr import timm_arch_def
+    from src.space.space import load_arch
+    with pytest.raises(HourNASError) as e:
+        timm_arch_def(load_arch(name))
+    assert str(e.value).startswith(f"'{name}' cannot be written for timm: ")
+    for text in expect:
+        assert text in str(e.value)
+
+
+def test_timm_export_refuses_channels_timm_would_round():
+    from src.space.blockstr import timm_arch_def, timm_divisible
+    from src.space.space import arch_from_dict
+    assert [timm_divisible(v) for v in (8, 12, 16, 20, 24, 36, 1984)] == [8, 16, 16, 24, 24, 40, 1984]
+    arch = arch_from_dict({"name": "w", "input_size": 64, "num_classes": 10,
+                           "stem": {"c": 16, "k": 3, "s": 2}, "head": 64,
+                           "blocks": ["ir_r1_k3_s2_e3_c12"]})
+    with pytest.raises(HourNASError, match=r"12 output channels \(timm's builder rounds block "
+                                           r"channels to multiples of 8: 16\)"):
+        timm_arch_def(arch)

@@ -215,3 +215,110 @@ def test_imagenet_unreadable_image_is_a_clear_error(tmp_path):
 def test_imagenet_missing_folder(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         dataset_info(DataConfig(name="imagenet", path=str(tmp_path / "nope")))
+
+
+# ----------------------------------------------------------------------------- broken images
+
+def _jpeg(h: int = 120, w: int = 160) -> bytes:
+    import cv2
+    rng = np.random.default_rng(1)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (5, 5), 0)
+    return cv2.imencode(".jpg", img)[1].tobytes()
+
+
+@pytest.mark.parametrize("cut", [1, 2, 100, 0.5])
+def test_truncated_jpeg_is_found_although_cv2_decodes_it(tmp_path, cut):
+    import cv2
+    data = _jpeg()
+    n = int(len(data) * cut) if isinstance(cut, float) else len(data) - cut
+    path = tmp_path / "cut.JPEG"
+    path.write_bytes(data[:n])
+    assert cv2.imread(str(path)) is not None  # what the old check relied on
+    from src.data import image_problem
+    assert image_problem(str(path)).startswith("is truncated"), image_problem(str(path))
+
+
+def test_image_problem_names_each_kind_of_damage(tmp_path):
+    import cv2
+
+    from src.data import image_problem
+    good = tmp_path / "good.JPEG"
+    good.write_bytes(_jpeg())
+    png = cv2.imencode(".png", np.zeros((20, 20, 3), np.uint8))[1].tobytes()
+    cases = {"empty.JPEG": b"", "gif.JPEG": b"GIF89a" + b"\0" * 40,
+             "noend.png": png[:-12], "text.JPEG": b"<html>not found</html>",
+             "junk.JPEG": b"\xff\xd8\xff" + b"\x13" * 200}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    assert image_problem(str(good)) is None
+    assert image_problem(str(tmp_path / "empty.JPEG")) == "is empty (0 bytes)"
+    assert image_problem(str(tmp_path / "gif.JPEG")).startswith("is a GIF")
+    assert image_problem(str(tmp_path / "noend.png")).startswith("is truncated")
+    assert image_problem(str(tmp_path / "text.JPEG")).startswith("is a text/HTML file")
+    assert image_problem(str(tmp_path / "junk.JPEG")).startswith("is corrupt")
+
+
+def test_verify_images_reports_every_broken_file_in_order(tmp_path):
+    from src.data import verify_images
+    paths = []
+    for i in range(12):
+        p = tmp_path / f"{i}.JPEG"
+        p.write_bytes(_jpeg()[:300] if i in (3, 9) else _jpeg())
+        paths.append(str(p))
+    seen = []
+    bad = verify_images(paths, workers=3, progress=lambda d, t, b: seen.append((d, t, b)))
+    assert [p for p, _ in bad] == [paths[3], paths[9]]
+    assert seen[-1] == (12, 12, 2) and [d for d, _, _ in seen] == list(range(1, 13))
+
+
+def test_large_folder_is_checked_on_a_sample_and_verify_data_checks_all(tmp_path, monkeypatch):
+    import src.data as data
+    root = write_imagenet(str(tmp_path / "in"), per_class=(4, 4))
+    bad = os.path.join(root, "train", "b", "b_2.JPEG")
+    with open(bad, "rb") as fh:
+        raw = fh.read()
+    with open(bad, "wb") as fh:
+        fh.write(raw[:len(raw) // 2])
+    monkeypatch.setattr(data, "_IMAGE_CHECK_ALL", 5)  # "large": a sample of 1 + first per class
+    monkeypatch.setattr(data, "_IMAGE_SAMPLE", 1)
+    monkeypatch.setattr(data, "_INFO_CACHE", {})
+    cfg = DataConfig(name="imagenet", path=root, image_size=16, num_workers=1)
+    dataset_info(cfg)  # b_2 is neither the sampled image nor a first one
+    lines = []
+    with pytest.raises(DataError, match=r"1 of 24 images cannot be decoded: '.*b_2.JPEG' is "
+                                        r"truncated"):
+        data.verify_dataset(cfg, log=lines.append)
+    assert lines == [f"broken image: {bad}: " + data.image_problem(bad)]
+
+
+def test_pipeline_failure_names_the_file_and_leaves_the_cwd_clean(tmp_path, monkeypatch, capsys):
+    """The broken image slips past the sample; MindSpore's Decode fails during the run (and
+    dumps ./abnormal_image.jpg): one error line naming the file, exit 2, nothing left."""
+    import src.data as data
+    from src.cli import run_main
+    root = write_imagenet(str(tmp_path / "in"), per_class=(4, 4))
+    bad = os.path.join(root, "train", "b", "b_2.JPEG")
+    with open(bad, "rb") as fh:
+        raw = fh.read()
+    with open(bad, "wb") as fh:
+        fh.write(raw[:len(raw) // 2])
+    monkeypatch.setattr(data, "_IMAGE_CHECK_ALL", 5)
+    monkeypatch.setattr(data, "_IMAGE_SAMPLE", 1)
+    monkeypatch.setattr(data, "_INFO_CACHE", {})
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "abnormal_image.keep").write_text("the user's own file\n")
+    monkeypatch.chdir(cwd)
+
+    def main(args):
+        cfg = DataConfig(name="imagenet", path=root, image_size=16, num_workers=1)
+        for _ in make_dataset(cfg, "train", 4).create_tuple_iterator(num_epochs=1):
+            pass
+
+    with pytest.raises(SystemExit) as e:
+        run_main(main, [])
+    assert e.value.code == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and err[0].startswith(f"error: image '{bad}' cannot be decoded ("), err
+    assert "--verify-data" in err[0]
+    assert sorted(os.listdir(cwd)) == ["abnormal_image.keep"]

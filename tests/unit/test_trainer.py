@@ -89,8 +89,41 @@ def test_check_resumable():
                                                              "data.num_workers=1"]))
     # the architecture itself is compared by record in train(), not by path
     check_resumable(stored, load_config(TrainConfig, None, ["arch=./x.yaml"]))
-    with pytest.raises(ConfigError, match=r"train.lr: checkpoint 0.02, now 0.5"):
-        check_resumable(stored, load_config(TrainConfig, None, ["arch=x.yaml", "train.lr=0.5"]))
+    # the learning rates may change (a diverged run continues with a lower one) ...
+    check_resumable(stored, load_config(TrainConfig, None, ["arch=x.yaml", "train.lr=0.002",
+                                                             "train.min_lr=0.0001"]))
+    # ... what else the step computes may not
+    with pytest.raises(ConfigError, match=r"train.momentum: checkpoint 0.9, now 0.5"):
+        check_resumable(stored, load_config(TrainConfig, None, ["arch=x.yaml",
+                                                                 "train.momentum=0.5"]))
+
+
+def test_resume_refuses_an_unreadable_checkpoint_instead_of_an_older_one(tmp_path):
+    from src.checkpoint import save_checkpoint
+    from src.errors import CheckpointError
+    from src.trainer import CKPT_FORMAT, latest_checkpoint
+
+    for step in (2, 4):
+        save_checkpoint(str(tmp_path / f"net-1_{step}.ckpt"), {"w": np.ones(3, np.float32)},
+                        {"format": CKPT_FORMAT, "global_step": step})
+    assert latest_checkpoint(str(tmp_path))[0] == str(tmp_path / "net-1_4.ckpt")
+    data = (tmp_path / "net-1_4.ckpt").read_bytes()
+    (tmp_path / "net-1_6.ckpt").write_bytes(data[:len(data) // 2])  # the newest, cut short
+    with pytest.raises(CheckpointError) as e:
+        latest_checkpoint(str(tmp_path))
+    msg = str(e.value)
+    assert f"'{tmp_path / 'net-1_6.ckpt'}'" in msg and "is unreadable" in msg
+    assert f"the newest readable one is '{tmp_path / 'net-1_4.ckpt'}' (global step 4)" in msg
+    assert "mv " in msg
+
+
+def test_divergence_command_lowers_the_lr_tenfold():
+    from src.trainer import resume_command
+
+    cfg = load_config(TrainConfig, None, ["train.lr=0.5", "output_dir=runs/my run"])
+    assert resume_command(cfg, "runs/my run/x-1_2.ckpt").endswith(
+        "python train.py --output_dir 'runs/my run' --resume --set train.lr=0.05")
+    assert "start again" in resume_command(cfg, None)
 
 
 def test_step_skips_non_finite_updates_halves_the_scale_and_keeps_an_ema():
