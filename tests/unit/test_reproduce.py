@@ -266,3 +266,75 @@ def test_summary_compares_with_the_paper(tmp_path):
 def test_summary_without_a_search_result_is_an_error(tmp_path):
     with pytest.raises(HourNASError, match="no search result"):
         summarize(run_of(tmp_path))
+
+
+# ----------------------------------------------------------------------------- docs/reproduce.md
+
+DOC = Path(ROOT) / "docs" / "reproduce.md"
+COMMAND = re.compile(r"`bash scripts/run_reproduce_(gpu|ascend|cpu)\.sh (\d+) ([a-z0-9_]+) "
+                     r"(?:(\S+) )?(\S+)`")
+
+
+def doc_rows() -> dict[str, list[str]]:
+    rows = {}
+    for line in DOC.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"^\| `([a-z0-9_]+)` \|", line)
+        if m:
+            rows[m.group(1)] = [c.strip() for c in line.strip().strip("|").split("|")]
+    return rows
+
+
+def test_docs_table_has_a_row_per_experiment_with_the_papers_figures_and_configs():
+    rows = doc_rows()
+    assert list(rows) == list(TABLE)
+    for name, exp in TABLE.items():
+        cells = rows[name]
+        assert len(cells) == 10, name
+        paper_row, cost, params, flops, acc, configs, command, estimate, yours = cells[1:]
+        assert configs == f"`{exp.search}`; `{exp.train}`", name
+        assert estimate and yours == "", name  # an estimate, and a column for users' results
+        m = COMMAND.fullmatch(command)
+        assert m and m.group(3) == name, (name, command)
+        p = exp.paper
+        if p is None:
+            assert (paper_row, cost, params, flops, acc) == ("not a paper row",) + ("—",) * 4
+            assert m.group(1) == "cpu" and m.group(4) is None
+            continue
+        assert paper_row == f"{p.row}, Table {p.table}"
+        assert cost == f"{p.search_gpu_days:.1f} GPU-days"
+        assert params == f"{p.params_m:g}M"
+        assert flops == (f"{p.flops_m:g}M" if p.flops_m is not None else "—")
+        if p.table == 2:
+            assert acc == f"{p.top1_pct:.2f} (error {p.test_error:g}) / —"
+        else:
+            assert acc == f"{p.top1:.1f} / {p.top5:.1f}"
+        assert m.group(4) is not None  # a DATA_PATH
+
+
+def test_the_documented_commands_pass_the_input_checks(tmp_path):
+    """Each row's command from docs/reproduce.md, with its DATA_PATH replaced by a small folder
+    of the same layout: the checks the script runs first (configs, data, device count) pass."""
+    import cv2
+    import numpy as np
+
+    imagenet, cifar = tmp_path / "imagenet", tmp_path / "cifar"
+    for split in ("train", "val"):
+        (imagenet / split / "n0").mkdir(parents=True)
+        cv2.imwrite(str(imagenet / split / "n0" / "a.JPEG"), np.zeros((8, 8, 3), np.uint8))
+    cifar.mkdir()
+    for f in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        with open(cifar / f, "wb") as fh:
+            fh.truncate(3073 * 10000)
+    for name, cells in doc_rows().items():
+        target, devices, _, data, out = COMMAND.fullmatch(cells[7]).groups()
+        if data is not None:
+            data = str(imagenet if "imagenet" in data else cifar)
+        run = Run(name, TABLE[name], str(tmp_path / out), target, int(devices), data)
+        check_run(run)
+        assert stage_command(run, "search")[1] == f"scripts/run_search_{target}.sh"
+
+
+def test_readme_quick_start_links_the_reproduction_page():
+    readme = (Path(ROOT) / "README.md").read_text(encoding="utf-8")
+    quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    assert "docs/reproduce.md" in quick
