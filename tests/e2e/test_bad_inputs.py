@@ -96,6 +96,14 @@ def w(tmp_path_factory) -> Path:
     (w / "inet_empty" / "train").mkdir(parents=True)
     (w / "inet_empty" / "val").mkdir()
     _imagenet(w / "inet_broken", broken=True)
+    _imagenet(w / "inet_trunc", broken=False)  # a real JPEG cut short: cv2 still decodes it
+    import cv2
+    import numpy as np
+    img = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (60, 80, 3), np.uint8),
+                           (5, 5), 0)
+    jpeg = cv2.imencode(".jpg", img)[1].tobytes()
+    (w / "inet_trunc" / "train" / "n02" / "b.JPEG").write_bytes(jpeg[:len(jpeg) * 2 // 3])
+    (w / "empty.yaml").write_text("# nothing here yet\n")
 
     arch = w / "arch" / "tiny.yaml"
     arch.parent.mkdir()
@@ -108,7 +116,11 @@ def w(tmp_path_factory) -> Path:
              "blocks_str": ("blocks: [ir_r1_k3_s2_e3_c16, ir_r1_k3_s1_e1_c24]",
                             "blocks: ir_r1_k3_s2_e3_c16"),
              "bad_yaml": ("num_classes: 10", "num_classes: [10"),
-             "unknown_key": ("head: 32", "head: 32\nwidth: 2")}
+             "unknown_key": ("head: 32", "head: 32\nwidth: 2"),
+             "timm_er": ("ir_r1_k3_s1_e1_c24", "er_r1_k3_s1_e1_c24"),
+             "timm_cn": ("ir_r1_k3_s1_e1_c24", "cn_r1_k3_s1_c24"),
+             "timm_cc": ("ir_r1_k3_s1_e1_c24", "ir_r1_k3_s1_e1_c24_cc4"),
+             "timm_skip_flag": ("ir_r1_k3_s1_e1_c24", "ir_r1_k3_s1_e1_c24_skip")}
     for name, (old, new) in edits.items():
         assert old in TINY_ARCH
         (w / "arch" / f"{name}.yaml").write_text(TINY_ARCH.replace(old, new))
@@ -132,6 +144,9 @@ def w(tmp_path_factory) -> Path:
     ckpt = train / "tiny_best.ckpt"
     _cut(ckpt, w / "cut_half.ckpt", 0.5)
     _cut(ckpt, w / "cut_end.ckpt", 0.97)
+    # a run folder whose newest checkpoint is unreadable (a damaged copy)
+    shutil.copytree(train, w / "resume_train_cut")
+    _cut(train / "tiny-1_2.ckpt", w / "resume_train_cut" / "tiny-2_2.ckpt", 0.5)
 
     # a real search state, and copies of its folder for the resume cases
     run = _stopped_search(w)
@@ -277,14 +292,67 @@ CASES = [
     ("export-other-arch", "export.py", ["--ckpt", "{w}/train/tiny_best.ckpt",
                                         "--arch", "config/arch/fbnet_b.yaml",
                                         "--output_dir", "{w}/out"],
-     ["checkpoint '{w}/train/tiny_best.ckpt' (architecture 'fbnet_b') does not fit",
-      "missing", "other shapes"]),
+     ["checkpoint '{w}/train/tiny_best.ckpt' (trained as 'tiny') does not fit the network of "
+      "--arch 'config/arch/fbnet_b.yaml' ('fbnet_b')", "missing", "other shapes"]),
     ("export-output-not-writable", "export.py", ["--ckpt", "{w}/train/tiny_best.ckpt",
                                                  "--output_dir", "{w}/a_file/x"],
      ["'{w}/a_file' is a file, not a folder"]),
     ("export-no-gpu", "export.py", ["--ckpt", "{w}/train/tiny_best.ckpt", "--device_target",
                                     "GPU", "--output_dir", "{w}/out"],
      ["device target 'GPU' is not available here"]),
+    # -- round 2: argparse errors are one line too ----------------------------------------
+    ("search-argparse-device", "search.py", ["--device_target", "TPU"],
+     ["argument --device_target: unknown device target 'TPU'; valid: CPU, GPU, Ascend"]),
+    ("search-argparse-stage", "search.py", ["--stage", "bogus"],
+     ["argument --stage: invalid choice: 'bogus'", "'describe'", "(see search.py --help)"]),
+    ("export-argparse-format", "export.py", ["--ckpt", "{w}/train/tiny_best.ckpt",
+                                             "--file_format", "XYZ"],
+     ["argument --file_format: invalid choice: 'XYZ'", "'MINDIR'"]),
+    ("train-argparse-number", "train.py", ["--arch", "{w}/arch/tiny.yaml", "--epochs", "two"],
+     ["argument --epochs: invalid int value: 'two'"]),
+    ("eval-argparse-unknown-flag", "eval.py", ["--ckpt", "{w}/train/tiny_best.ckpt", "--bogus"],
+     ["unrecognized arguments: --bogus"]),
+    ("analyze-argparse-probability", "analyze.py", ["importance", "--ckpt",
+                                                    "{w}/train/tiny_best.ckpt", "--p", "2"],
+     ["argument --p: mask probability 2 is outside (0, 1]", "(see analyze.py importance --help)"]),
+    # -- round 2: the smaller items --------------------------------------------------------
+    ("export-negative-tolerance", "export.py", ["--ckpt", "{w}/train/tiny_best.ckpt",
+                                                "--tolerance", "-1", "--output_dir", "{w}/out"],
+     ["--tolerance must be a number >= 0", "got -1"]),
+    ("search-empty-config", "search.py", ["--config", "{w}/empty.yaml", "--output_dir", "{w}/out"],
+     ["config file '{w}/empty.yaml' is empty"]),
+    ("train-empty-config", "train.py", ["--config", "{w}/empty.yaml", "--arch", "{w}/arch/tiny.yaml",
+                                        "--output_dir", "{w}/out"],
+     ["config file '{w}/empty.yaml' is empty"]),
+    ("train-resume-unreadable-latest", "train.py", ["--output_dir", "{w}/resume_train_cut",
+                                                    "--resume"],
+     ["--resume: checkpoint '{w}/resume_train_cut/tiny-2_2.ckpt' in '{w}/resume_train_cut' is "
+      "unreadable", "the newest readable one is '{w}/resume_train_cut/tiny-1_2.ckpt' (global "
+      "step 2)", "mv "]),
+    ("train-imagenet-truncated-jpeg", "train.py", ["--config", "config/train/imagenet.yaml",
+                                                   "--arch", "{w}/arch/tiny.yaml",
+                                                   "--data_path", "{w}/inet_trunc",
+                                                   "--output_dir", "{w}/out"],
+     ["image '{w}/inet_trunc/train/n02/b.JPEG' cannot be decoded: it is truncated"]),
+    ("train-verify-data-truncated", "train.py", ["--config", "config/train/imagenet.yaml",
+                                                 "--arch", "{w}/arch/tiny.yaml",
+                                                 "--data_path", "{w}/inet_trunc",
+                                                 "--output_dir", "{w}/out", "--verify-data"],
+     ["1 of 5 images cannot be decoded: '{w}/inet_trunc/train/n02/b.JPEG' is truncated"]),
+    # -- round 2: block strings of other tools ---------------------------------------------
+    ("profile-timm-block-type", "eval.py", ["--profile", "--arch", "{w}/arch/timm_er.yaml"],
+     ["{w}/arch/timm_er.yaml: blocks[1]", "block type 'er'", "supported: ir, ds, skip"]),
+    ("profile-timm-cn", "eval.py", ["--profile", "--arch", "{w}/arch/timm_cn.yaml"],
+     ["block type 'cn'", "supported: ir, ds, skip"]),
+    ("profile-timm-condconv", "eval.py", ["--profile", "--arch", "{w}/arch/timm_cc.yaml"],
+     ["token 'cc4' (timm's CondConv experts) is not supported"]),
+    ("profile-timm-skip-flag", "eval.py", ["--profile", "--arch", "{w}/arch/timm_skip_flag.yaml"],
+     ["token 'skip' (timm's force-skip flag) is not supported"]),
+    ("eval-timm-grouped-shuffle", "eval.py", ["--arch", "fbnet_a", "--format", "timm"],
+     ["'fbnet_a' cannot be written for timm", "grouped 1x1 convs with channel shuffle (_g2)",
+      "L12 'k5_e1_g2'"]),
+    ("eval-timm-se-without-bias", "eval.py", ["--arch", "hournas_f", "--format", "timm"],
+     ["'hournas_f' cannot be written for timm", "squeeze-and-excitation without bias"]),
 ]
 
 
@@ -355,8 +423,12 @@ SCRIPT_CASES = [
      ["DATA_PATH '{w}/no_such_folder' is not a directory"], False),
     ("ckpt-missing", "run_eval_cpu.sh", ["{w}/train/nope.ckpt"],
      ["CKPT '{w}/train/nope.ckpt' is not a file"], False),
+    # checked before the launch: no msrun traceback after the error line
     ("no-gpu", "run_search_gpu.sh", ["1", SEARCH_CFG, "{w}/sout"],
-     ["device target 'GPU' is not available here"], True),
+     ["device target 'GPU' is not available here", "scripts/run_search_cpu.sh"], False),
+    ("no-gpu-msrun", "run_distribute_train_gpu.sh",
+     ["2", "{w}/arch/tiny.yaml", "config/train/digits.yaml", "{w}/tout"],
+     ["device target 'GPU' is not available here", "scripts/run_distribute_train_cpu.sh"], False),
     ("malformed-block", "run_standalone_train_cpu.sh",
      ["{w}/arch/bad_block.yaml", "config/train/digits.yaml", "{w}/tout"],
      ["{w}/arch/bad_block.yaml: blocks[1]", "unknown token 'x1'"], True),
@@ -390,3 +462,53 @@ def test_script_bad_input_gives_one_clear_error(w, case_id, script, args, expect
     assert {k: v for k, v in after.items() if k not in logs} == before, sorted(new - logs)
     shutil.rmtree(w / "sout", ignore_errors=True)
     shutil.rmtree(w / "tout", ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- round 2
+
+@pytest.mark.parametrize("folder", ["my run", "实验"])
+def test_export_into_a_folder_with_spaces_or_non_ascii(w, folder):
+    """MindSpore's exporter rejects such file names; export.py writes through an ASCII temp
+    folder. The checkpoint lies in that folder too and the default output is its folder."""
+    where = w / "names" / folder / "sub dir"
+    where.mkdir(parents=True)
+    shutil.copy(w / "train" / "tiny_best.ckpt", where / "tiny_best.ckpt")
+    proc = run_cli("export.py", "--ckpt", str(where / "tiny_best.ckpt"), "--file_format", "both",
+                   "--batch_size", "2", check=False, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(os.listdir(where)) == ["tiny.mindir", "tiny_b2.onnx", "tiny_best.ckpt"]
+    import mindspore as ms
+    import numpy as np
+    graph = ms.nn.GraphCell(ms.load(str(where / "tiny.mindir")))
+    assert graph(ms.Tensor(np.zeros((3, 3, 16, 16), np.float32))).shape == (3, 10)
+    shutil.rmtree(w / "names")
+
+
+def test_failures_leave_the_working_folder_clean(w, tmp_path):
+    """Run failing commands from an empty working folder: it stays empty (no MindSpore dumps,
+    no rank_0/, no temp files)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    runs = [("train.py", "--config", f"{ROOT}/config/train/imagenet.yaml", "--arch",
+             str(w / "arch" / "tiny.yaml"), "--data_path", str(w / "inet_trunc"),
+             "--output_dir", str(tmp_path / "o1")),
+            ("export.py", "--ckpt", str(w / "train" / "tiny_best.ckpt"), "--tolerance", "0",
+             "--output_dir", str(tmp_path / "o2")),
+            ("search.py", "--stage", "bogus")]
+    for script, *args in runs:
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd,
+                              env=cli_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode in (0, 2), proc.stderr  # tolerance 0 may pass bit-exactly
+        assert sorted(os.listdir(cwd)) == [], (script, sorted(os.listdir(cwd)))
+    assert not (tmp_path / "o1").exists()
+
+
+def test_resume_may_lower_the_learning_rate_and_says_so(w, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(w / "train", run)
+    proc = run_cli("train.py", "--output_dir", str(run), "--resume", "--epochs", "2",
+                   "--set", "train.lr=0.002", check=False, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ("learning rate changed on resume: train.lr 0.02 -> 0.002; the schedule continues "
+            "at global step 2") in proc.stdout
+    assert (run / "tiny-2_2.ckpt").is_file()
