@@ -12,6 +12,7 @@ import os
 import random
 import re
 import resource
+import shlex
 import signal
 import subprocess
 import sys
@@ -168,6 +169,16 @@ def test_search_nan_stops_naming_the_step_and_keeps_the_last_good_state(tmp_path
     assert all(np.isfinite(a).all() for a in params.values())
     assert all(np.isfinite(np.asarray(v)).all() for v in extra["arch"].values())
     assert _temps(out) == [] and not (out / "arch.yaml").exists()
+    # the message ends with the command that continues with a lower lr; --resume accepts it
+    cmd = err.split("continue from it with a lower learning rate: ", 1)[1]
+    assert cmd == (f"python search.py --config {out / 'config.yaml'} --output_dir {out} "
+                   f"--resume --set search.w_lr=3"), cmd
+    again = subprocess.run([sys.executable, *shlex.split(cmd)[1:]], cwd=ROOT, env=cli_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert "learning rate changed on resume: search.w_lr 30.0 -> 3.0" in again.stdout, \
+        again.stdout + again.stderr
+    assert f"resuming vital stage at epoch 1 step {kept}" in again.stdout
+    assert "different configuration" not in again.stderr
 
 
 def test_training_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
