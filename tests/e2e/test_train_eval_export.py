@@ -174,7 +174,7 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(reference_run):
                "config/arch/fbnet_b.yaml", check=False)
     assert proc.returncode == 2, proc.stderr
     err = proc.stderr.strip().splitlines()[-1]
-    assert err.startswith("error: checkpoint") and "does not fit this network" in err
+    assert err.startswith("error: checkpoint") and "does not fit the network of --arch" in err
     assert "missing" in err and "Traceback" not in proc.stderr
     # resuming the run with another architecture is refused too (the run is left as it was)
     proc = cli("train.py", "--arch", "config/arch/fbnet_b.yaml", "--resume", "--output_dir", run,
