@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -29,21 +31,57 @@ def reproduce(target: str, *args, check: bool = True, timeout: int = 600, **env_
 
 def ran(proc) -> list[str]:
     """The stages the script ran, from its notes on stderr."""
-    return [ln[len(NOTE) + 1:].split(":")[0] for ln in proc.stderr.splitlines()
-            if ln.startswith(NOTE + " ") and not ln.startswith(NOTE + " done")]
+    stages = ("search", "train", "eval", "export", "summary")
+    return [ln.split()[1][:-1] for ln in proc.stderr.splitlines()
+            if ln.startswith(NOTE + " ") and ln.split()[1][:-1] in stages and ln.split()[1][-1] == ":"]
 
 
 # ----------------------------------------------------------------------------- CPU, for real
 
+def pid_of(script: str, out_dir: Path) -> int:
+    """The process running ``python .../SCRIPT ... OUT_DIR ...`` (from /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in argv]
+        if any(a.endswith(script) for a in args) and str(out_dir) in args:
+            return int(entry.name)
+    raise AssertionError(f"no {script} process for {out_dir}")
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """The CPU chain of tiny_digits, stopped by SIGTERM in the search (after its first
+    checkpoint), then the same command again: it resumes the search and runs the rest."""
     out = tmp_path_factory.mktemp("repro") / "tiny"
-    proc = reproduce("cpu", 1, "tiny_digits", out)
-    return out, proc
+    first = subprocess.Popen(["bash", "scripts/run_reproduce_cpu.sh", "1", "tiny_digits", str(out)],
+                             cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    state, deadline = out / "search" / "search_state.ckpt", time.time() + 300
+    while not state.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(pid_of("search.py", out / "search"), signal.SIGTERM)
+    _, err = first.communicate(timeout=300)
+    return out, (first.returncode, err), reproduce("cpu", 1, "tiny_digits", out)
+
+
+def test_cpu_variant_stops_with_the_stages_code_and_resumes(tiny_run):
+    out, (code, err), proc = tiny_run
+    assert code == 143  # the search's own exit code after SIGTERM (state saved)
+    assert "the search stage failed with exit code 143; run the same command again" in err
+    assert ran(subprocess.CompletedProcess([], code, "", err)) == ["search"]  # nothing after it
+    assert f"search: continuing from {out}/search/search_state.ckpt" in proc.stderr
+    assert f"search_cpu.sh 1 tests/fixtures/tiny_search.yaml {out}/search -- --resume" in proc.stderr
+    assert (out / "search" / "log" / "search.command").read_text().strip().endswith("--resume")
+    assert (out / "search" / "summary.json").is_file()
 
 
 def test_cpu_variant_runs_the_chain_end_to_end(tiny_run):
-    out, proc = tiny_run
+    out, _, proc = tiny_run
     assert ran(proc) == ["search", "train", "eval", "export", "summary"]
     s = json.loads((out / "reproduce_summary.json").read_text())
     arch = load_arch(str(out / "search" / "arch.yaml"))
@@ -69,7 +107,7 @@ def test_cpu_variant_runs_the_chain_end_to_end(tiny_run):
 
 
 def test_cpu_variant_skips_what_exists_and_redoes_what_is_missing(tiny_run):
-    out, _ = tiny_run
+    out, _, _ = tiny_run
     ckpt = out / "train" / "hournas_tiny_best.ckpt"
     before = ckpt.stat().st_mtime_ns
     again = reproduce("cpu", 1, "tiny_digits", out)
