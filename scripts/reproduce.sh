@@ -10,7 +10,8 @@
 # src/reproduce.py decides each stage: skipped when its output exists, resumed (-- --resume)
 # when its state exists, else started; and builds its command. Running the same command again
 # after a stop continues where the run stopped. --dry-run checks the inputs and prints the
-# commands that would run (stdout, one a line), running none.
+# commands that would run (stdout, one a line), running none; it checks everything but the
+# presence of the GPU/Ascend device.
 
 reproduce_main() {
   USAGE="DEVICE_NUM EXPERIMENT [DATA_PATH] OUTPUT_DIR [--dry-run]"
@@ -45,6 +46,8 @@ docs/reproduce.md."
     command -v "${LAUNCHER:-msrun}" >/dev/null ||
       usage_error "'${LAUNCHER:-msrun}' is not on PATH (msrun comes with mindspore; or LAUNCHER=mpirun)"
   fi
+  # the device itself (common.sh); a dry run may be made where the device is not, e.g. a login node
+  (( dry_run )) || check_device
   cd "$ROOT"
   local run=("$exp" --device_target "$DEVICE_TARGET" --devices "$devices" --output_dir "$out"
              "${data[@]}")

@@ -223,3 +223,16 @@ def test_dry_run_checks_the_inputs(imagenet, tmp_path, case, args, env, message)
     assert fill(message) in proc.stderr, (case, proc.stderr)
     assert err[-1].startswith("usage: bash scripts/run_reproduce_gpu.sh DEVICE_NUM EXPERIMENT")
     assert proc.stdout == "" and not out.exists()
+
+
+def test_a_real_run_checks_the_device_first(tmp_path):
+    from src.context import device_available
+
+    if device_available("GPU")[0]:
+        pytest.skip("a GPU is available here: the run would start")
+    out = tmp_path / "o"
+    proc = reproduce("gpu", 1, "tiny_digits", out, check=False)
+    assert proc.returncode == 2
+    assert "device target 'GPU' is not available here" in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("usage: bash scripts/run_reproduce_gpu.sh ")
+    assert proc.stdout == "" and not out.exists()
