@@ -1,27 +1,49 @@
 """Images/second of the jitted training step (forward, backward, SGD) on this machine.
 
     python benchmarks/train_step.py [--arch config/arch/fbnet_b.yaml] [--batch_size 64]
-                                    [--steps 20] [--json]
+                                    [--steps 20] [--round_steps 2] [--amp_level O0]
+                                    [--device_target CPU] [--json]
 
 The network is the architecture re-sized to CIFAR (input 32x32, 10 classes; the layers as in
 the file), trained on a fixed random batch with the trainer's own step (src.trainer.TrainStep:
-one graph, compiled once). When PyTorch is importable, the same network is built from the same
-layer plans in PyTorch (eager) and timed the same way, and the ratio is printed; otherwise that
-half is skipped with a message.
+one graph, compiled once; ``--amp_level`` O1/O2/O3 as ``train.amp_level``, GPU/Ascend only).
+When PyTorch is importable, the same network is built from the same layer plans in PyTorch
+(eager; benchmarks/torch_twin.torch_net, its parameter count checked against ours) and timed
+the same way, and the ratio is printed; otherwise that half is skipped with a message. On GPU
+the PyTorch half runs on CUDA (autocast float16 when --amp_level is not O0) when PyTorch has
+CUDA, else it is skipped; on Ascend it is skipped.
+
+How it measures (benchmarks/harness.py): MindSpore and PyTorch each run in their own worker
+process with the same thread count (this machine's CPU count: MindSpore through
+src.context.setup_context(threads=...), PyTorch through torch.set_num_threads; PyTorch with
+OMP_WAIT_POLICY=PASSIVE). Each worker first builds its network and runs the first step (for
+MindSpore: the graph compile) and two more untimed steps; these are reported apart
+(``first_step_s``, ``warmup_s``). Then the parent sends both workers the same requests in turn,
+each request ``--round_steps`` timed steps, until ``--steps`` timed steps are done in each
+framework, so the two take turns on the cores and other work on the machine hits both alike.
+``step_s`` is the median over all timed steps, ``images_per_s`` = batch / step_s, ``ratio`` =
+MindSpore images/s / PyTorch images/s. The 1-minute load average after each round is printed
+beside the figures (``load_avg_1min``).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
+from benchmarks.harness import Worker, interleave, median, serve  # noqa: E402
 from src.cli import emit_json, log, run_main  # noqa: E402
 from src.errors import HourNASError  # noqa: E402
+
+AMP_LEVELS = ("O0", "O1", "O2", "O3")
 
 
 def parser():
@@ -29,12 +51,22 @@ def parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="config/arch/fbnet_b.yaml", metavar="FILE")
     p.add_argument("--batch_size", type=int, default=64, metavar="N")
-    p.add_argument("--steps", type=int, default=20, metavar="N", help="timed steps (default 20)")
+    p.add_argument("--steps", type=int, default=20, metavar="N",
+                   help="timed steps per framework (default 20)")
+    p.add_argument("--round_steps", type=int, default=2, metavar="N",
+                   help="timed steps per request; the frameworks alternate between requests "
+                        "(default 2)")
     p.add_argument("--image_size", type=int, default=32, metavar="S")
     p.add_argument("--num_classes", type=int, default=10, metavar="K")
+    p.add_argument("--amp_level", default="O0", type=str.upper, choices=AMP_LEVELS,
+                   help="MindSpore mixed precision as train.amp_level (GPU/Ascend; default O0)")
     p.add_argument("--device_target", default="CPU")
+    p.add_argument("--no_torch", action="store_true", help="skip the PyTorch twin")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--debug", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("mindspore", "pytorch"), default=None,
+                   help=argparse.SUPPRESS)
     return p
 
 
@@ -46,176 +78,218 @@ def resized(path: str, size: int, classes: int):
     return arch_from_dict(data)
 
 
-def bench_mindspore(arch, x: np.ndarray, y: np.ndarray, steps: int, device: str) -> dict:
-    import mindspore as ms
-
-    from src.context import setup_context
-    from src.trainer import TrainParams, TrainStep, create_loss, create_model, create_optimizer
-
-    facts = setup_context(device, "graph")
-    ms.set_seed(0)
-    p = TrainParams()
-    net = create_model(arch)
-    step = TrainStep(net, create_loss(p), create_optimizer(net, p))
-    step.set_train()
-    xt, yt, lr = ms.Tensor(x), ms.Tensor(y), ms.Tensor(0.01, ms.float32)
-    t0 = time.perf_counter()
-    step(xt, yt, lr)[0].asnumpy()
-    compile_s = time.perf_counter() - t0
-    for _ in range(2):
-        step(xt, yt, lr)[0].asnumpy()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step(xt, yt, lr)[0].asnumpy()
-        times.append(time.perf_counter() - t0)
-    med = float(np.median(times))
-    return {"images_per_s": len(x) / med, "step_s": med, "first_step_s": compile_s,
-            "graphs": len(step.compile_cache), "threads": facts.get("threads")}
-
-
-def torch_net(arch):
-    """The same network as src.childnet.ChildNet, built in PyTorch from the same layer plans."""
-    import torch
-    from torch import nn
-
-    act = {"relu": nn.ReLU, "relu6": nn.ReLU6, "swish": nn.SiLU}
-
-    def conv(spec):
-        mods = [nn.Conv2d(spec.cin, spec.cout, spec.k, spec.stride, spec.padding,
-                          groups=spec.groups, bias=spec.bias)]
-        if spec.bn:
-            mods.append(nn.BatchNorm2d(spec.cout))
-        if spec.act:
-            mods.append(act[spec.act]())
-        return nn.Sequential(*mods)
-
-    class Shuffle(nn.Module):
-        def __init__(self, g):
-            super().__init__()
-            self.g = g
-
-        def forward(self, x):
-            b, c, h, w = x.shape
-            return x.view(b, self.g, c // self.g, h, w).transpose(1, 2).reshape(b, c, h, w)
-
-    class SE(nn.Module):
-        def __init__(self, s):
-            super().__init__()
-            self.reduce = nn.Conv2d(s.channels, s.reduced, 1, bias=s.bias)
-            self.expand = nn.Conv2d(s.reduced, s.channels, 1, bias=s.bias)
-            self.act = act[s.act]()
-
-        def forward(self, x):
-            s = x.mean((2, 3), keepdim=True)
-            return x * torch.sigmoid(self.expand(self.act(self.reduce(s))))
-
-    class Block(nn.Module):
-        def __init__(self, lp):
-            super().__init__()
-            self.identity, self.residual = lp.identity, lp.residual
-            mods = []
-            if lp.expand:
-                mods.append(conv(lp.expand))
-            if lp.shuffle > 1:
-                mods.append(Shuffle(lp.shuffle))
-            if lp.dw:
-                mods.append(conv(lp.dw))
-            if lp.se:
-                mods.append(SE(lp.se))
-            if lp.project:
-                mods.append(conv(lp.project))
-            self.body = nn.Sequential(*mods)
-
-        def forward(self, x):
-            if self.identity:
-                return x
-            y = self.body(x)
-            return y + x if self.residual else y
-
-    plan = arch.net_plan()
-    mods = [conv(plan.stem)] + [Block(lp) for lp in plan.layers]
-    if plan.head is not None:
-        mods.append(conv(plan.head))
-    body = nn.Sequential(*mods)
-    fc = nn.Linear(plan.fc_in, plan.num_classes)
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body, self.fc = body, fc
-
-        def forward(self, x):
-            return self.fc(self.body(x).mean((2, 3)))
-
-    return Net()
-
-
-def bench_torch(arch, x: np.ndarray, y: np.ndarray, steps: int, threads: int | None) -> dict:
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    net = torch_net(arch).train()
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=4e-5)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(xt), yt)
-        loss.backward()
-        opt.step()
-        return float(loss)
-
-    for _ in range(3):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    med = float(np.median(times))
-    params = sum(p.numel() for p in net.parameters())
-    return {"images_per_s": len(x) / med, "step_s": med, "version": torch.__version__,
-            "threads": torch.get_num_threads(), "params": int(params)}
-
-
-def main(args) -> int:
-    if args.batch_size < 1 or args.steps < 1:
-        raise HourNASError("--batch_size and --steps must be >= 1")
-    arch = resized(args.arch, args.image_size, args.num_classes)
+def fixed_batch(arch, args):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch_size, arch.in_channels, args.image_size,
                              args.image_size)).astype(np.float32)
     y = rng.integers(0, args.num_classes, size=args.batch_size).astype(np.int32)
-    from src.resource import count
-    c = count(arch)
-    log(f"{arch.name}: {c['params'] / 1e6:.2f}M params, {c['flops'] / 1e6:.1f}M FLOPs/image, "
-        f"batch {args.batch_size}, {args.steps} timed steps (median)")
-    ms_r = bench_mindspore(arch, x, y, args.steps, args.device_target)
-    log(f"MindSpore graph-mode step: {ms_r['images_per_s']:.1f} images/s ({ms_r['step_s'] * 1e3:.0f} "
-        f"ms/step; first step incl. compile {ms_r['first_step_s']:.1f} s; compiled graphs "
-        f"{ms_r['graphs']}; {ms_r['threads']} threads)")
+    return x, y
+
+
+def _timed(step, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _warm(step) -> tuple[float, float]:
+    """(first step, the next two): compile / first-call costs, reported apart."""
+    first = _timed(step, 1)[0]
+    return first, sum(_timed(step, 2))
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def mindspore_worker(args) -> int:
+    state = {}
+
+    def setup():
+        from src.context import setup_context
+        facts = setup_context(args.device_target, "graph", threads=args.threads)
+        import mindspore as ms
+
+        from src.trainer import (TrainParams, TrainStep, create_loss, create_model,
+                                 create_optimizer)
+
+        arch = resized(args.arch, args.image_size, args.num_classes)
+        x, y = fixed_batch(arch, args)
+        amp = args.amp_level
+        if facts["device_target"] == "CPU" and amp != "O0":
+            print(f"amp_level {amp} -> O0: mixed precision is not supported on CPU",
+                  file=sys.stderr)
+            amp = "O0"
+        ms.set_seed(0)
+        p = TrainParams()
+        net = create_model(arch)
+        if amp != "O0":
+            net = ms.amp.auto_mixed_precision(net, amp)
+        scaled = amp != "O0"
+        cell = TrainStep(net, create_loss(p), create_optimizer(net, p),
+                         loss_scale=p.loss_scale if scaled else 1.0,
+                         dynamic=scaled and p.dynamic_loss_scale)
+        cell.set_train()
+        xt, yt, lr = ms.Tensor(x), ms.Tensor(y), ms.Tensor(0.01, ms.float32)
+        state["step"] = lambda: cell(xt, yt, lr)[0].asnumpy()
+        first, warm = _warm(state["step"])
+        return {"framework": "mindspore", "version": ms.__version__,
+                "device_target": facts["device_target"], "threads": facts["threads"],
+                "amp_level": amp, "first_step_s": first, "warmup_s": warm,
+                "graphs": len(cell.compile_cache)}
+
+    return serve(setup, lambda req: {"times": _timed(state["step"], int(req["steps"]))})
+
+
+def torch_worker(args) -> int:
+    state = {}
+
+    def setup():
+        import torch
+
+        from benchmarks.torch_twin import torch_net
+
+        torch.set_num_threads(args.threads)
+        torch.manual_seed(0)
+        device = "cuda" if args.device_target == "GPU" else "cpu"
+        arch = resized(args.arch, args.image_size, args.num_classes)
+        x, y = fixed_batch(arch, args)
+        net = torch_net(arch).to(device).train()
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=4e-5)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        xt = torch.from_numpy(x).to(device)
+        yt = torch.from_numpy(y.astype(np.int64)).to(device)
+        amp = device == "cuda" and args.amp_level != "O0"
+        scaler = torch.amp.GradScaler("cuda") if amp else None
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device, dtype=torch.float16, enabled=amp):
+                loss = loss_fn(net(xt), yt)
+            if scaler:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            return float(loss.detach())  # waits for the device
+
+        state["step"] = step
+        first, warm = _warm(step)
+        return {"framework": "pytorch", "version": torch.__version__, "device": device,
+                "threads": torch.get_num_threads(), "autocast_fp16": amp,
+                "first_step_s": first, "warmup_s": warm,
+                "params": int(sum(p.numel() for p in net.parameters()))}
+
+    return serve(setup, lambda req: {"times": _timed(state["step"], int(req["steps"]))})
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def torch_available(args) -> str | None:
+    """None when the PyTorch half can run, else why it is skipped."""
+    if args.no_torch:
+        return "skipped (--no_torch)"
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
-        torch_r = None
-        log("PyTorch: skipped (not installed; pip install torch to compare)")
-    else:
-        torch_r = bench_torch(arch, x, y, args.steps, ms_r["threads"])
-        if torch_r["params"] != c["params"]:
-            raise HourNASError(f"the PyTorch twin has {torch_r['params']} parameters, the counter "
-                               f"{c['params']}: the two builds differ")
-        log(f"PyTorch {torch_r['version']} eager step: {torch_r['images_per_s']:.1f} images/s "
-            f"({torch_r['step_s'] * 1e3:.0f} ms/step; {torch_r['threads']} threads)")
+        return "skipped (not installed; pip install torch to compare)"
+    if args.device_target.upper() == "GPU" and not torch.cuda.is_available():
+        return "skipped (this PyTorch has no CUDA device; it would run on the CPU)"
+    if args.device_target.upper() not in ("CPU", "GPU"):
+        return f"skipped (no PyTorch twin on {args.device_target})"
+    return None
+
+
+def figures(ready: dict, times: list[float], batch: int) -> dict:
+    step_s = median(times)
+    return {"images_per_s": batch / step_s, "step_s": step_s, "timed_steps": len(times),
+            **{k: v for k, v in ready.items() if k != "framework"}}
+
+
+def _fmt_load(loads: list[float]) -> str:
+    return f"{min(loads):.2f}" if min(loads) == max(loads) else f"{min(loads):.2f}-{max(loads):.2f}"
+
+
+def main(args) -> int:
+    if args.worker == "mindspore":
+        return mindspore_worker(args)
+    if args.worker == "pytorch":
+        return torch_worker(args)
+    if args.batch_size < 1 or args.steps < 1 or args.round_steps < 1:
+        raise HourNASError("--batch_size, --steps and --round_steps must be >= 1")
+    args.device_target = {"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend"}.get(
+        args.device_target.lower(), args.device_target)
+    arch = resized(args.arch, args.image_size, args.num_classes)
+    from src.context import _cpu_count
+    from src.resource import count
+    threads = _cpu_count()
+    c = count(arch)
+    rounds = math.ceil(args.steps / args.round_steps)
+    log(f"{arch.name}: {c['params'] / 1e6:.2f}M params, {c['flops'] / 1e6:.1f}M FLOPs/image, "
+        f"batch {args.batch_size}, {args.steps} timed steps per framework in {rounds} "
+        f"alternating rounds (median), {threads} threads; load average (1 min) "
+        f"{os.getloadavg()[0]:.2f}")
+    why_no_torch = torch_available(args)
+    common = [os.path.abspath(__file__), "--arch", os.path.abspath(args.arch),
+              "--batch_size", str(args.batch_size), "--image_size", str(args.image_size),
+              "--num_classes", str(args.num_classes), "--amp_level", args.amp_level,
+              "--device_target", args.device_target, "--threads", str(threads)]
+    workers = {}
+    try:
+        log("MindSpore: building the step and compiling it (first step) ...")
+        workers["mindspore"] = Worker(common + ["--worker", "mindspore"], threads)
+        ms_ready = workers["mindspore"].ready
+        log(f"MindSpore {ms_ready['version']} ready: first step incl. compile "
+            f"{ms_ready['first_step_s']:.1f} s, next two {ms_ready['warmup_s']:.2f} s")
+        if why_no_torch is None:
+            workers["pytorch"] = Worker(common + ["--worker", "pytorch"], threads)
+            t_ready = workers["pytorch"].ready
+            if t_ready["params"] != c["params"]:
+                raise HourNASError(f"the PyTorch twin has {t_ready['params']} parameters, the "
+                                   f"counter {c['params']}: the two builds differ")
+            log(f"PyTorch {t_ready['version']} ready: first step {t_ready['first_step_s']:.2f} s, "
+                f"next two {t_ready['warmup_s']:.2f} s")
+        else:
+            log(f"PyTorch: {why_no_torch}")
+        sizes = [min(args.round_steps, args.steps - r * args.round_steps) for r in range(rounds)]
+        res = interleave(workers, [{"steps": n} for n in sizes],
+                         log=log if args.debug else None)
+    except RuntimeError as e:  # a worker ended: its own error line is on stderr above
+        code = re.search(r"\(exit (-?\d+)\)", str(e))
+        raise HourNASError(f"a benchmark worker ended (exit {code.group(1) if code else '?'}); "
+                           f"its error is above") from e
+    finally:
+        for w in workers.values():
+            w.close()
+    loads = res["load_avg_1min"]
+    times = {name: [t for a in answers for t in a["times"]]
+             for name, answers in res["answers"].items()}
+    ms_r = figures(workers["mindspore"].ready, times["mindspore"], args.batch_size)
+    log(f"MindSpore graph-mode step: {ms_r['images_per_s']:.1f} images/s "
+        f"({ms_r['step_s'] * 1e3:.0f} ms/step; first step incl. compile "
+        f"{ms_r['first_step_s']:.1f} s; compiled graphs {ms_r['graphs']}; "
+        f"{ms_r['threads']} threads; amp {ms_r['amp_level']}); load average {_fmt_load(loads)}")
+    torch_r = None
+    if "pytorch" in times:
+        torch_r = figures(workers["pytorch"].ready, times["pytorch"], args.batch_size)
+        log(f"PyTorch {torch_r['version']} eager step ({torch_r['device']}): "
+            f"{torch_r['images_per_s']:.1f} images/s ({torch_r['step_s'] * 1e3:.0f} ms/step; "
+            f"first step {torch_r['first_step_s']:.2f} s; {torch_r['threads']} threads); "
+            f"load average {_fmt_load(loads)}")
     ratio = ms_r["images_per_s"] / torch_r["images_per_s"] if torch_r else None
     if ratio is not None:
-        log(f"MindSpore / PyTorch throughput: {ratio:.2f}x")
+        log(f"MindSpore / PyTorch throughput: {ratio:.2f}x (load average {_fmt_load(loads)})")
     if args.json:
         emit_json({"arch": arch.name, "batch_size": args.batch_size, "params": c["params"],
-                   "flops": c["flops"], "mindspore": ms_r, "pytorch": torch_r, "ratio": ratio})
+                   "flops": c["flops"], "device_target": args.device_target,
+                   "threads": threads, "steps": args.steps, "rounds": rounds,
+                   "mindspore": ms_r, "pytorch": torch_r, "ratio": ratio,
+                   "pytorch_skipped": why_no_torch, "load_avg_1min": loads})
     return 0
 
 
