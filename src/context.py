@@ -18,6 +18,7 @@ _WHY = {"GPU": "MindSpore could not load its GPU back end (it needs an NVIDIA GP
 
 _state: dict[str, Any] = {}  # facts of the first setup_context call in this process
 _threads_set: list[int] = []  # threads_num may be called once per process
+_blocking_set: list[bool] = []  # launch_blocking, once per process (CPU)
 
 
 def _normalize_target(device_target: str) -> str:
@@ -74,6 +75,19 @@ def _set_threads(n: int) -> int:
     op_tuning.threads_num(int(n))
     _threads_set.append(int(n))
     return int(n)
+
+
+def _launch_blocking() -> None:
+    """CPU: run PyNative ops synchronously. MindSpore's asynchronous launch thread spins on one
+    of the cores, and its depthwise-conv weight gradient has a slow path there (measured in
+    docs/search_engine.md: the built-in search 3x faster, same bits). Once per process,
+    after the device and the thread count are set."""
+    if _blocking_set:
+        return
+    import mindspore as ms
+
+    ms.runtime.launch_blocking()
+    _blocking_set.append(True)
 
 
 def _init_distributed() -> tuple[int, int, int]:
@@ -149,6 +163,7 @@ def setup_context(device_target: str = "CPU", mode: str = "graph", device_id: in
         if threads < 1:
             raise DeviceError(f"threads must be >= 1, got {threads}")
         used_threads = _set_threads(threads)
+        _launch_blocking()
     _state.update(device_target=target, device_id=device_id, mode=mode, rank=rank, group_size=size,
                   threads=used_threads, distributed=distributed)
     return dict(_state)
