@@ -1,102 +1,311 @@
-"""Times the search step of each executor on the FBNetSS CIFAR supernet (one run).
+"""Times the search step of each executor, and of a PyTorch twin, on two supernets.
 
-    python benchmarks/search_step.py [--json] [--batch 64] [--repeats 3] [--width 1.0]
-                                     [--executors eager,graph,allpath] [--device_target CPU]
+    python benchmarks/search_step.py [--json] [--sizes default,full] [--repeats 3]
+                                     [--executors eager,graph,allpath] [--allpath_repeats 1]
+                                     [--searched all|vital] [--no_torch] [--device_target CPU]
 
-For each executor: the weight step (forward + backward + SGD on the sampled path, 80% split)
-and the architecture step (forward + backward to θ, 20% split), median over ``--repeats`` after
-one warm-up (compile time reported apart). ``single_path_s`` is the device's default executor
-(weight + arch step), ``all_path_s`` the FBNet-style all-path step, ``ratio`` their quotient:
-the paper's claim is ~O (= 9 ops) for single path over all paths.
+Sizes: ``default`` is the built-in default search's supernet (config/search/default.yaml:
+FBNetSS CIFAR at its width, its batch); ``full`` is the FBNetSS CIFAR supernet at full width
+(22 x 9, 11.2M parameters), batch 64. Every layer is searched (stage 2's size; ``--searched
+vital`` times stage 1's S_vital instead).
+
+For each executor, the weight step (forward + backward + SGD on the sampled path) and the
+architecture step (forward + backward to θ), median over ``--repeats`` timed repeats after one
+untimed repeat; set-up and warm-up (``graph``: every candidate compiled once) are reported
+apart as ``warmup_s``. ``single_path_s`` is the device's default executor (weight + arch step),
+``all_path_s`` the FBNet-style all-path step, ``ratio`` their quotient (the paper: ~O = 9).
+``pytorch_s`` is the same single-path step (same paths, same layer plans, straight-through
+Gumbel-Max) of a PyTorch twin, ``vs_pytorch`` = single_path_s / pytorch_s.
+
+How it measures: MindSpore and PyTorch each run in their own worker process with the same
+thread count (PyTorch with OMP_WAIT_POLICY=PASSIVE); the parent sends both the same paths and
+the repeats alternate between them, so other work on the machine hits both alike; the 1-minute
+load average is printed beside the figures.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks.harness import Worker, interleave, median, serve  # noqa: E402
+
+FULL = {"space": "fbnet_cifar10", "width": 1.0, "batch": 64}
+
+
+def size_spec(size: str) -> dict:
+    if size == "full":
+        return dict(FULL)
+    if size == "default":
+        from src.config import load_config
+        from src.search.config import SearchConfig
+        cfg = load_config(SearchConfig, os.path.join(ROOT, "config", "search", "default.yaml"))
+        return {"space": cfg.space, "width": cfg.width_mult, "batch": cfg.search.batch_size}
+    raise SystemExit(f"error: unknown size '{size}'; valid: default, full")
+
+
+def build_space(spec: dict, searched_mode: str):
+    from src.space.space import load_space
+    space = load_space(spec["space"], spec["width"])
+    if searched_mode == "all":
+        return space, list(space.searchable), None
+    keep = [i for i in range(len(space.layers)) if space.vital[i]]
+    return space, space.vital_layers(), keep
+
+
+def batch(space, n: int):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 3, space.input_size, space.input_size)).astype(np.float32)
+    y = rng.integers(0, space.num_classes, n).astype(np.int32)
+    return x, y
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def mindspore_worker(args) -> int:
+    state = {}
+
+    def setup():
+        from src.context import setup_context
+        facts = setup_context(args.device_target, mode="pynative", threads=args.threads)
+        import mindspore as ms
+        import numpy as np
+
+        from src.search.step import EXECUTORS, ArchParams, SparseSGD
+        from src.supernet import Supernet
+
+        spec = size_spec(args.size)
+        space, searched, keep = build_space(spec, args.searched)
+        num_ops = len(space.layers[searched[0]].ops)
+        x, y = batch(space, spec["batch"])
+        state.update(x=ms.Tensor(x), y=ms.Tensor(y), L=len(searched), O=num_ops, ex={})
+        warm = {}
+        for name in args.executors:
+            ms.set_seed(0)
+            net = Supernet(space, searched, keep=keep)
+            net.set_train(True)
+            sampler = "gumbel_softmax" if name == "allpath" else "gumbel_max"
+            arch = ArchParams(len(searched), num_ops, sampler=sampler)
+            sgd = SparseSGD(list(net.trainable_params()), 0.9, 4e-5)
+            ex = EXECUTORS[name](net, arch, sgd)
+            state["ex"][name] = ex
+            t0 = time.perf_counter()
+            # graph: each op index once on every layer, so every candidate is compiled
+            paths = range(num_ops) if name == "graph" else range(1)
+            zero = np.zeros((len(searched), num_ops), np.float32)
+            for o in paths:
+                _one_step(ex, name, [o] * len(searched), zero)
+            warm[name] = time.perf_counter() - t0
+        return {"framework": "mindspore", "version": ms.__version__, "threads": facts["threads"],
+                "device_target": facts["device_target"], "warmup_s": warm,
+                "layers": len(searched), "ops": num_ops,
+                "params": int(sum(p.size for p in state["ex"][args.executors[0]].net
+                                  .trainable_params()))}
+
+    def step(req):
+        import numpy as np
+        g = np.asarray(req["g"], np.float32)
+        out = {}
+        for name, ex in state["ex"].items():
+            if name == "allpath" and not req["allpath"]:
+                continue
+            out[name] = _one_step(ex, name, req["path"], g)
+        return out
+
+    def _one_step(ex, name, path, g):
+        import mindspore as ms
+        x, y = state["x"], state["y"]
+        t0 = time.perf_counter()
+        if name == "allpath":
+            a = ex.arch(ms.Tensor(g), None, ms.Tensor(5.0, ms.float32)).asnumpy()
+            ex.weight_step(x, y, a, 0.1)
+        else:
+            ex.weight_step(x, y, path, 0.1)
+        t1 = time.perf_counter()
+        ex.arch_step(x, y, g, None, 5.0, path)
+        t2 = time.perf_counter()
+        return {"weight_s": t1 - t0, "arch_s": t2 - t1}
+
+    return serve(setup, step)
+
+
+def torch_worker(args) -> int:
+    state = {}
+
+    def setup():
+        import numpy as np
+        import torch
+
+        from benchmarks.torch_twin import TorchSupernet
+        torch.set_num_threads(args.threads)
+        torch.manual_seed(0)
+        spec = size_spec(args.size)
+        space, searched, keep = build_space(spec, args.searched)
+        net = TorchSupernet(space, searched, keep).train()
+        num_ops = len(space.layers[searched[0]].ops)
+        theta = torch.zeros(len(searched), num_ops, requires_grad=True)
+        x, y = batch(space, spec["batch"])
+        state.update(net=net, theta=theta, x=torch.from_numpy(x),
+                     y=torch.from_numpy(y.astype(np.int64)),
+                     opt=torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9,
+                                         weight_decay=4e-5))
+        t0 = time.perf_counter()
+        step({"path": [0] * len(searched), "g": np.zeros((len(searched), num_ops)).tolist()})
+        return {"framework": "pytorch", "version": torch.__version__,
+                "threads": torch.get_num_threads(), "warmup_s": time.perf_counter() - t0}
+
+    def step(req):
+        import torch
+        import torch.nn.functional as F
+        net, theta, opt, x, y = (state[k] for k in ("net", "theta", "opt", "x", "y"))
+        path = [int(i) for i in req["path"]]
+        g = torch.tensor(req["g"], dtype=torch.float32)
+        t0 = time.perf_counter()
+        # weight step: only the path's parameters get gradients, so only they move
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x, None, path), y).backward()
+        opt.step()
+        t1 = time.perf_counter()
+        # architecture step: straight-through Gumbel-Max, gradient to θ only
+        soft = F.softmax(theta / 5.0 + g, dim=-1)
+        hard = F.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)
+        a = hard - soft.detach() + soft
+        loss = F.cross_entropy(net(x, a, path), y)
+        torch.autograd.grad(loss, [theta])
+        t2 = time.perf_counter()
+        return {"pytorch": {"weight_s": t1 - t0, "arch_s": t2 - t1}}
+
+    return serve(setup, step)
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def summarize(spec, ms_ready, answers, torch_answers, default: str, loads) -> dict:
+    execs = {}
+    for name, warm in ms_ready["warmup_s"].items():
+        rows = [a[name] for a in answers[1:] if name in a] or [a[name] for a in answers
+                                                                 if name in a]
+        w, a = median([r["weight_s"] for r in rows]), median([r["arch_s"] for r in rows])
+        execs[name] = {"weight_s": round(w, 4), "arch_s": round(a, 4), "step_s": round(w + a, 4),
+                       "warmup_s": round(warm, 2), "timed_repeats": len(rows)}
+    out = {"space": spec["space"], "width": spec["width"], "batch": spec["batch"],
+           "layers": ms_ready["layers"], "ops": ms_ready["ops"], "params": ms_ready["params"],
+           "executors": execs, "default_executor": default, "load_avg_1min": loads}
+    single = [n for n in execs if n != "allpath"]
+    if single:
+        out["fastest_single_path"] = min(single, key=lambda n: execs[n]["step_s"])
+    if default in execs:
+        out["single_path_s"] = execs[default]["step_s"]
+    if "allpath" in execs:
+        out["all_path_s"] = execs["allpath"]["step_s"]
+    if "single_path_s" in out and "all_path_s" in out:
+        out["ratio"] = round(out["all_path_s"] / out["single_path_s"], 2)
+    if torch_answers:
+        rows = [a["pytorch"] for a in torch_answers[1:]]
+        w, a = median([r["weight_s"] for r in rows]), median([r["arch_s"] for r in rows])
+        out["pytorch"] = {"weight_s": round(w, 4), "arch_s": round(a, 4)}
+        out["pytorch_s"] = round(w + a, 4)
+        if "single_path_s" in out:
+            out["vs_pytorch"] = round(out["single_path_s"] / out["pytorch_s"], 2)
+        out["vs_pytorch_per_executor"] = {n: round(e["step_s"] / out["pytorch_s"], 2)
+                                          for n, e in execs.items() if n != "allpath"}
+    return out
+
+
+def run_size(args, size: str, threads: int, have_torch: bool) -> dict:
+    import numpy as np
+
+    from src.search.step import default_executor
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    spec = size_spec(size)
+    common = [os.path.abspath(__file__), "--size", size, "--threads", str(threads),
+              "--executors", ",".join(args.executors), "--searched", args.searched,
+              "--device_target", args.device_target]
+    log(f"[{size}] {spec['space']} width {spec['width']} batch {spec['batch']}: setting up "
+        f"(graph: compiling every candidate once)")
+    workers = {"mindspore": Worker(common + ["--worker", "mindspore"], threads)}
+    log(f"[{size}] MindSpore ready: {workers['mindspore'].ready}")
+    if have_torch:
+        workers["pytorch"] = Worker(common + ["--worker", "pytorch"], threads)
+        log(f"[{size}] PyTorch ready: {workers['pytorch'].ready}")
+    L, O = workers["mindspore"].ready["layers"], workers["mindspore"].ready["ops"]
+    rng = np.random.default_rng(1)
+    requests = []
+    for r in range(args.repeats + 1):
+        g = rng.gumbel(size=(L, O)).astype(np.float32)
+        requests.append({"path": [int(i) for i in g.argmax(-1)], "g": g.tolist(),
+                         "allpath": r <= args.allpath_repeats})
+    try:
+        res = interleave(workers, requests, log=log)
+    finally:
+        for w in workers.values():
+            w.close()
+    out = summarize(spec, workers["mindspore"].ready, res["answers"]["mindspore"],
+                    res["answers"].get("pytorch"), default_executor(args.device_target),
+                    res["load_avg_1min"])
+    out["mindspore_version"] = workers["mindspore"].ready["version"]
+    if have_torch:
+        out["pytorch_version"] = workers["pytorch"].ready["version"]
+        out["pytorch_warmup_s"] = round(workers["pytorch"].ready["warmup_s"], 2)
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--json", action="store_true", help="one JSON object as the last line")
+    ap.add_argument("--sizes", default="default,full")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--width", type=float, default=1.0)
-    ap.add_argument("--space", default="fbnet_cifar10")
+    ap.add_argument("--allpath_repeats", type=int, default=1,
+                    help="timed repeats of the (slow) all-path step")
     ap.add_argument("--executors", default="eager,graph,allpath")
     ap.add_argument("--searched", choices=("all", "vital"), default="all",
-                    help="search every layer (stage 2 / ablation size) or only the vital ones "
-                         "(stage 1's S_vital)")
+                    help="search every layer (stage 2) or only the vital ones (S_vital)")
+    ap.add_argument("--no_torch", action="store_true", help="skip the PyTorch twin")
     ap.add_argument("--device_target", default="CPU")
+    ap.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--size", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=("mindspore", "pytorch"), default=None,
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
+    args.executors = [e.strip() for e in args.executors.split(",") if e.strip()]
+    if args.repeats < 1 or args.allpath_repeats < 0:
+        raise SystemExit("error: --repeats must be >= 1 and --allpath_repeats >= 0")
+    if args.worker == "mindspore":
+        return mindspore_worker(args)
+    if args.worker == "pytorch":
+        return torch_worker(args)
 
-    from src.context import setup_context
-    facts = setup_context(args.device_target, mode="pynative")
-    import mindspore as ms
-    import numpy as np
-
-    from src.search.step import EXECUTORS, ArchParams, SparseSGD, default_executor
-    from src.space.space import load_space
-    from src.supernet import Supernet
-
-    space = load_space(args.space, args.width)
-    searched = list(space.searchable) if args.searched == "all" else space.vital_layers()
-    keep = None if args.searched == "all" else [i for i in range(len(space.layers))
-                                                if space.vital[i]]
-    num_ops = len(space.layers[searched[0]].ops)
-    rng = np.random.default_rng(0)
-    x = ms.Tensor(rng.standard_normal((args.batch, 3, space.input_size, space.input_size))
-                  .astype(np.float32))
-    y = ms.Tensor(rng.integers(0, space.num_classes, args.batch).astype(np.int32))
-    results = {}
-    for name in [e.strip() for e in args.executors.split(",") if e.strip()]:
-        ms.set_seed(0)
-        net = Supernet(space, searched, keep=keep)
-        net.set_train(True)
-        sampler = "gumbel_softmax" if name == "allpath" else "gumbel_max"
-        arch = ArchParams(len(searched), num_ops, sampler=sampler)
-        sgd = SparseSGD(list(net.trainable_params()), 0.9, 4e-5)
-        ex = EXECUTORS[name](net, arch, sgd)
-        w_times, a_times = [], []
-        for rep in range(args.repeats + 1):
-            g = rng.gumbel(size=(len(searched), num_ops)).astype(np.float32)
-            _, idx = arch.host_path(g, None, 5.0)
-            t0 = time.perf_counter()
-            if name == "allpath":
-                a = arch(ms.Tensor(g), None, ms.Tensor(5.0, ms.float32)).asnumpy()
-                ex.weight_step(x, y, a, 0.1)
-            else:
-                ex.weight_step(x, y, idx, 0.1)
-            t1 = time.perf_counter()
-            ex.arch_step(x, y, g, None, 5.0, idx)
-            t2 = time.perf_counter()
-            w_times.append(t1 - t0)
-            a_times.append(t2 - t1)
-            print(f"{name}: repeat {rep} weight {t1 - t0:.2f} s arch {t2 - t1:.2f} s",
-                  file=sys.stderr, flush=True)
-        results[name] = {"first_weight_s": w_times[0], "first_arch_s": a_times[0],
-                         "weight_s": statistics.median(w_times[1:]),
-                         "arch_s": statistics.median(a_times[1:])}
-        results[name]["step_s"] = results[name]["weight_s"] + results[name]["arch_s"]
-    default = default_executor(facts["device_target"])
-    out = {"space": space.name, "batch": args.batch, "layers": len(searched), "ops": num_ops,
-           "device_target": facts["device_target"], "default_executor": default,
-           "executors": results}
-    if default in results:
-        out["single_path_s"] = results[default]["step_s"]
-    if "allpath" in results:
-        out["all_path_s"] = results["allpath"]["step_s"]
-    if "single_path_s" in out and "all_path_s" in out:
-        out["ratio"] = out["all_path_s"] / out["single_path_s"]
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(json.dumps(out, indent=2))
+    from src.context import _cpu_count
+    threads = _cpu_count()
+    try:
+        import torch  # noqa: F401
+        have_torch = not args.no_torch
+    except ImportError:
+        have_torch = False
+        print("PyTorch is not installed: pytorch_s / vs_pytorch skipped", file=sys.stderr)
+    t0 = time.perf_counter()
+    sizes = {}
+    for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
+        sizes[size] = run_size(args, size, threads, have_torch)
+        s = sizes[size]
+        print(f"[{size}] " + ", ".join(f"{n} {e['step_s']:.3f} s (weight {e['weight_s']:.3f} + "
+                                        f"arch {e['arch_s']:.3f}; warm-up {e['warmup_s']:.1f} s)"
+                                        for n, e in s["executors"].items())
+              + (f"; PyTorch {s['pytorch_s']:.3f} s" if "pytorch_s" in s else "")
+              + (f"; ratio {s['ratio']}" if "ratio" in s else "")
+              + (f"; vs_pytorch {s['vs_pytorch']}" if "vs_pytorch" in s else "")
+              + f"; load {s['load_avg_1min']}", file=sys.stderr, flush=True)
+    out = {"device_target": args.device_target, "threads": threads, "searched": args.searched,
+           "sizes": sizes, "wall_s": round(time.perf_counter() - t0, 1)}
+    print(json.dumps(out) if args.json else json.dumps(out, indent=2))
     return 0
 
 

@@ -6,20 +6,38 @@ A supernet is built for a subset of a space's layers:
 * stage 2: every layer; vital layers fixed to the ops stage 1 chose, non-vital ones searched;
 * the single-stage ablation (``--no-vital-priori``): every searchable layer searched.
 
-Three ways to run a searchable layer, one per executor (see ``src/search/step.py``):
+Two ways to run a searchable layer (the executors are in ``src/search/step.py``):
 
-* ``eager``: the op index is a Python int sampled on the host; only that candidate runs and its
-  output is scaled by the straight-through weight ``A[l, idx]`` (1 forward, gradient to θ);
-* ``graph``: the same inside one jitted step, the branch picked by a Tensor index
-  (MindSpore's switch_layer);
-* ``all-path``: every candidate runs, outputs summed with Gumbel-softmax weights (FBNet).
+* single path (``eager`` and ``graph``): the op index is a Python int sampled on the host; only
+  that candidate runs and its output is scaled by the straight-through weight ``A[l, idx]``
+  (1 forward, gradient to θ). ``graph`` runs the same path with every Block compiled
+  (``compile_blocks``): the host still picks which compiled candidate to call;
+* all paths (``allpath``): every candidate runs, outputs summed with Gumbel-softmax weights
+  (FBNet).
 """
 from __future__ import annotations
 
+import mindspore as ms
+import numpy as np
 import mindspore.nn as nn
 
 from src.ops import Block, Classifier, ConvBNAct
 from src.space.space import Space
+
+
+def _zero_init_residual(block: Block) -> None:
+    """A residual candidate starts as the identity: its last BatchNorm's gamma is 0 (the
+    zero-init of residual branches, Goyal et al. 2017; torchvision's ``zero_init_residual``).
+
+    With one candidate sampled per layer and step, a residual branch at full strength from the
+    start adds a different random map at every layer and step and the supernet does not learn
+    in a few hundred steps (measured, docs/search_engine.md); zeroed, the supernet starts as its
+    fixed backbone and each candidate grows its branch as it is trained. Only the supernet
+    does this: derived networks are retrained with the usual initialisation.
+    """
+    if block.residual and block.project is not None and block.project.bn is not None:
+        gamma = block.project.bn.gamma
+        gamma.set_data(ms.Tensor(np.zeros(gamma.shape, np.float32)))
 
 
 class MixedLayer(nn.Cell):
@@ -32,9 +50,9 @@ class MixedLayer(nn.Cell):
         self.candidates = nn.CellList([Block(layer.plan(op, space.conventions))
                                        for op in layer.ops])
 
-    def construct(self, x, weights, idx):
-        """Graph executor: ``idx`` is a Tensor, so the branch is switch_layer."""
-        return self.candidates[idx](x) * weights[idx]
+    def construct(self, x, idx: int):
+        """The candidate ``idx`` (a host int) alone."""
+        return self.candidates[idx](x)
 
 
 class Supernet(nn.Cell):
@@ -66,6 +84,9 @@ class Supernet(nn.Cell):
                 cells.append(Block(layer.plan(op, space.conventions)))
         self.layers = nn.CellList(cells)
         self.is_searched = [i in searched for i in keep]
+        for cell, is_searched in zip(cells, self.is_searched):
+            for block in (cell.candidates if is_searched else [cell]):
+                _zero_init_residual(block)
         self.head = ConvBNAct(plan.head) if plan.head is not None else None
         self.classifier = Classifier(plan.fc_in, plan.num_classes, 0.0)
 
@@ -75,14 +96,17 @@ class Supernet(nn.Cell):
         return self.classifier(x)
 
     def forward_path(self, x, weights, indices: list[int]):
-        """Eager single path: ``indices[k]`` (host ints) picks the op of searched layer k;
-        ``weights`` is the (L, O) straight-through one-hot tensor."""
+        """Single path: ``indices[k]`` (host ints) picks the op of searched layer k;
+        ``weights`` is the (L, O) straight-through one-hot tensor (None: outputs unscaled,
+        what the weight step uses: the one-hot's 1 changes no bit)."""
         x = self.stem(x)
         k = 0
         for cell, searched in zip(self.layers, self.is_searched):
             if searched:
                 o = int(indices[k])
-                x = cell.candidates[o](x) * weights[k, o]
+                x = cell.candidates[o](x)
+                if weights is not None:
+                    x = x * weights[k, o]
                 k += 1
             else:
                 x = cell(x)
@@ -104,17 +128,25 @@ class Supernet(nn.Cell):
                 x = cell(x)
         return self._tail(x)
 
-    def construct(self, x, weights, idx):
-        """Graph single path: ``idx`` is an int32 Tensor (one index per searched layer)."""
-        x = self.stem(x)
-        k = 0
+    def construct(self, x, weights, indices: list[int]):
+        return self.forward_path(x, weights, indices)
+
+    def compile_blocks(self) -> int:
+        """Compile every Block (candidates and fixed layers), the stem, the head and the
+        classifier, each on its first call (``ms.jit`` on the instance's ``construct``; an
+        identity candidate has nothing to compile). The path is still chosen on the host, so
+        no graph holds a branch. Returns how many Cells were set to compile."""
+        cells = [self.stem, self.classifier] + ([self.head] if self.head is not None else [])
         for cell, searched in zip(self.layers, self.is_searched):
-            if searched:
-                x = cell(x, weights[k], idx[k])
-                k += 1
-            else:
-                x = cell(x)
-        return self._tail(x)
+            cells.extend(cell.candidates if searched else [cell])
+        n = 0
+        for cell in cells:
+            if getattr(cell, "identity", False) or getattr(cell, "_compiled", False):
+                continue
+            cell.construct = ms.jit(cell.construct)
+            cell._compiled = True
+            n += 1
+        return n
 
     def candidate_params(self) -> list[list[list]]:
         """For each searched layer, for each candidate: its trainable Parameters."""

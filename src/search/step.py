@@ -1,11 +1,11 @@
 """The search step behind one interface, with three executors.
 
-* ``eager`` (default on CPU): PyNative; the path is sampled on the host (Gumbel-Max from a
-  seeded numpy generator), only the sampled candidates run, gradients are taken only for the
-  weights on the path, and only those move (SGD momentum and weight decay included).
-* ``graph``: one jitted step; the branch of each layer is chosen by a Tensor index (MindSpore's
-  switch_layer). Unchosen candidates get zero gradients there, so the update is masked: their
-  weights and momentum stay as they were.
+* ``eager``: PyNative; the path is sampled on the host (Gumbel-Max from a seeded numpy
+  generator), only the sampled candidates run, gradients are taken only for the weights on
+  the path, and only those move (SGD momentum and weight decay included).
+* ``graph`` (compiled candidates): the same path, with every candidate Block compiled once on
+  its first call and the path's update compiled; bit-identical to ``eager``, fewer host
+  dispatches. ``default_executor`` says which one a device uses by default.
 * ``allpath``: FBNet-style; every candidate runs, weighted by Gumbel-softmax (Table 5 ablation).
 
 Architecture parameters (θ in stage 1; Π and Θ in stage 2) live apart from the weights
@@ -14,14 +14,13 @@ update resumes bit-exactly.
 """
 from __future__ import annotations
 
-import time
-
 import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 import numpy as np
 
-from src.sampler import gumbel_max, gumbel_softmax
+from src.proposal import ensemble_sample
+from src.sampler import get_sampler
 from src.supernet import Supernet
 
 EPS = 1e-8
@@ -123,21 +122,10 @@ class ArchParams(nn.Cell):
         return q / q.sum(), p
 
     def construct(self, g_theta, g_pi, tau):
-        if self.sampler == "gumbel_max":
-            a = gumbel_max(self.theta, g_theta, tau)
-        elif self.sampler == "gumbel_softmax":
-            a = gumbel_softmax(self.theta, g_theta, tau)
-        else:
-            a = ops.softmax(self.theta / tau, axis=-1)
+        g = get_sampler(self.sampler)
         if not self.use_proposals:
-            return a
-        if self.sampler == "gumbel_max":
-            pi = gumbel_max(self.pi, g_pi, tau)
-        elif self.sampler == "gumbel_softmax":
-            pi = gumbel_softmax(self.pi, g_pi, tau)
-        else:
-            pi = ops.softmax(self.pi / tau, axis=-1)
-        return (pi.reshape(-1, 1, 1) * a).sum(axis=0)
+            return g(self.theta, g_theta, tau)
+        return ensemble_sample(g, self.pi, self.theta, g_pi, g_theta, tau)  # Eqs. 8-9
 
 
 class SparseSGD:
@@ -145,22 +133,58 @@ class SparseSGD:
 
     Unsampled candidates are not passed, so neither momentum nor weight decay moves them in
     a step where they were not used. Weight decay applies to conv/FC weights (ndim > 1).
+
+    ``step`` takes the path's parameters in groups (the shared ones, then one group per
+    sampled candidate). ``compiled=False`` updates them one PyNative op at a time;
+    ``compiled=True`` updates each group with one compiled call (``_momentum_update``: the
+    same ``ApplyMomentum`` kernel, the same products, so the same bits). A group's compiled
+    graph depends only on its tensors' shapes, so candidates of equal shape share one.
     """
 
-    def __init__(self, params: list, momentum: float, weight_decay: float):
+    def __init__(self, params: list, momentum: float, weight_decay: float,
+                 compiled: bool = False):
         self.moments = {p.name: ms.Parameter(ms.Tensor(np.zeros(p.shape, np.float32)),
                                              name=f"moment.{p.name}", requires_grad=False)
                         for p in params}
         self.momentum = ms.Tensor(momentum, ms.float32)
         self.weight_decay = weight_decay
+        self.compiled = compiled
         self._apply = ops.ApplyMomentum()
 
-    def step(self, params: list, grads, lr: float) -> None:
+    def step(self, groups: list[list], grads, lr: float) -> None:
         lr_t = ms.Tensor(lr, ms.float32)
-        for p, g in zip(params, grads):
-            if self.weight_decay and p.ndim > 1:
-                g = g + self.weight_decay * p
-            self._apply(p, self.moments[p.name], lr_t, g, self.momentum)
+        grads = list(grads)
+        i = 0
+        for group in groups:
+            n = len(group)
+            if n == 0:
+                continue
+            g = grads[i:i + n]
+            i += n
+            if self.compiled:
+                _momentum_update(ms.mutable(tuple(group)),
+                                 ms.mutable(tuple(self.moments[p.name] for p in group)),
+                                 ms.mutable(tuple(g)), lr_t, self.momentum, self.weight_decay)
+                continue
+            for p, gp in zip(group, g):
+                if self.weight_decay and p.ndim > 1:
+                    gp = gp + self.weight_decay * p
+                self._apply(p, self.moments[p.name], lr_t, gp, self.momentum)
+
+
+_APPLY_MOMENTUM = ops.ApplyMomentum()
+
+
+@ms.jit
+def _momentum_update(params, moments, grads, lr, momentum, weight_decay):
+    """One compiled momentum-SGD update of a group of parameters (tuples via ``ms.mutable``:
+    as constants they would recompile every call)."""
+    for i in range(len(params)):
+        g = grads[i]
+        if weight_decay and params[i].ndim > 1:
+            g = g + weight_decay * params[i]
+        _APPLY_MOMENTUM(params[i], moments[i], lr, g, momentum)
+    return lr
 
 
 def _accuracy(logits, y) -> float:
@@ -181,11 +205,12 @@ class Executor:
         self.candidates = net.candidate_params()
         self.shared = net.shared_params()
 
+    def path_groups(self, indices: list[int]) -> list[list]:
+        """The path's parameters: the shared ones, then the sampled candidate's per layer."""
+        return [list(self.shared)] + [self.candidates[k][o] for k, o in enumerate(indices)]
+
     def path_params(self, indices: list[int]) -> list:
-        out = list(self.shared)
-        for k, o in enumerate(indices):
-            out.extend(self.candidates[k][o])
-        return out
+        return [p for group in self.path_groups(indices) for p in group]
 
     def _reg(self, a):
         if self.reg is None:
@@ -233,17 +258,36 @@ class EagerExecutor(_HostPathExecutor):
     """Single path in PyNative: only the sampled ops run and only their weights move."""
 
     name = "eager"
+    compiled = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.compiled:
+            self.net.compile_blocks()
+        self.sgd.compiled = self.compiled
 
     def run_net(self, x, a, indices):
         return self.net.forward_path(x, a, indices)
 
     def weight_step(self, x, y, indices: list[int], lr: float) -> tuple[float, float]:
-        params = self.path_params(indices)
-        ones = ms.Tensor(np.ones((len(indices), max(len(c) for c in self.candidates) or 1),
-                                 np.float32))
-        loss, logits, grads = self._weight_update(x, y, params, ones, indices)
-        self.sgd.step(params, grads, lr)
+        groups = self.path_groups(indices)
+        params = [p for group in groups for p in group]
+        # a = None: the sampled ops' outputs are not scaled (the one-hot's 1 would not change
+        # a bit); the weights' gradients are those of the path alone.
+        loss, logits, grads = self._weight_update(x, y, params, None, indices)
+        self.sgd.step(groups, grads, lr)
         return float(loss.asnumpy()), _accuracy(logits, y)
+
+
+class GraphExecutor(EagerExecutor):
+    """Compiled candidates: every Block of the supernet is compiled once (lazily, at its
+    first call: ``Supernet.compile_blocks``), the host picks the path and calls the sampled
+    candidates' compiled graphs in turn; the path's update is one compiled call per group
+    (``SparseSGD(compiled=True)``). Same path, same bits as ``eager``: only the dispatch of
+    the ops moves from the host to the compiled graphs."""
+
+    name = "graph"
+    compiled = True
 
 
 class AllPathExecutor(_HostPathExecutor):
@@ -258,99 +302,8 @@ class AllPathExecutor(_HostPathExecutor):
         params = list(self.net.trainable_params())
         a = ms.Tensor(a_weights.astype(np.float32))
         loss, logits, grads = self._weight_update(x, y, params, a, None)
-        self.sgd.step(params, grads, lr)
+        self.sgd.step([params], grads, lr)
         return float(loss.asnumpy()), _accuracy(logits, y)
-
-
-class _GraphWeightStep(nn.Cell):
-    """Jitted weight step: switch_layer forward, masked momentum-SGD update."""
-
-    def __init__(self, net: Supernet, params: list, moments: list, tags: list, momentum: float,
-                 weight_decay: float):
-        super().__init__(auto_prefix=False)  # keep the supernet's parameter names
-        self.net = net
-        self.params = ms.ParameterTuple(params)
-        self.moments = ms.ParameterTuple(moments)
-        self.tags = tags  # per param: (layer k, op o) or (-1, -1) for shared
-        self.momentum = momentum
-        self.wd = [weight_decay if p.ndim > 1 else 0.0 for p in params]
-        self.loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
-
-    def forward(self, x, y, a, idx):
-        logits = self.net(x, a, idx)
-        return self.loss_fn(logits, y), logits
-
-    def construct(self, x, y, a, idx, lr):
-        (loss, logits), grads = ms.value_and_grad(self.forward, None, self.params,
-                                                  has_aux=True)(x, y, a, idx)
-        for i in range(len(self.tags)):
-            k, o = self.tags[i]
-            p, m, g = self.params[i], self.moments[i], grads[i]
-            g = g + self.wd[i] * p
-            m_new = self.momentum * m + g
-            if k >= 0:  # a candidate's weights move only when it was on the path
-                used = ops.cast(idx[k] == o, ms.float32)
-                m_new = used * m_new + (1.0 - used) * m
-                ops.assign(m, m_new)
-                ops.assign(p, p - used * lr * m_new)
-            else:
-                ops.assign(m, m_new)
-                ops.assign(p, p - lr * m_new)
-        return loss, logits
-
-
-class GraphExecutor(Executor):
-    """Whole weight step jitted, branch by Tensor index (switch_layer)."""
-
-    name = "graph"
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # Each switched layer nests a subgraph per candidate: 22 layers x 9 ops pass MindSpore's
-        # default call-depth limit of 1000 (measured: "Exceed function call depth limit").
-        ms.set_recursion_limit(max(1000, 60 * sum(len(c) for c in self.candidates)))
-        params, tags = [], []
-        cand_ids = {}
-        for k, layer in enumerate(self.candidates):
-            for o, cand in enumerate(layer):
-                for p in cand:
-                    cand_ids[id(p)] = (k, o)
-        for p in self.net.trainable_params():
-            params.append(p)
-            tags.append(cand_ids.get(id(p), (-1, -1)))
-        moments = [self.sgd.moments[p.name] for p in params]
-        self.w_step = _GraphWeightStep(self.net, params, moments, tags,
-                                       float(self.sgd.momentum.asnumpy()), self.sgd.weight_decay)
-        self._jit_w = ms.jit(self.w_step.construct)
-        self.compile_seconds = None
-
-    def weight_step(self, x, y, indices: list[int], lr: float) -> tuple[float, float]:
-        num_ops = max(len(c) for c in self.candidates)
-        a = ms.Tensor(np.ones((len(indices), num_ops), np.float32))
-        idx = ms.Tensor(np.asarray(indices, np.int32))
-        t0 = time.perf_counter()
-        loss, logits = self._jit_w(x, y, a, idx, ms.Tensor(lr, ms.float32))
-        if self.compile_seconds is None:
-            self.compile_seconds = time.perf_counter() - t0
-        return float(loss.asnumpy()), _accuracy(logits, y)
-
-    def arch_step(self, x, y, g_theta, g_pi, tau: float, indices: list[int]):
-        net, arch, loss_fn, alpha = self.net, self.arch, self.loss_fn, self.alpha
-        idx = ms.Tensor(np.asarray(indices, np.int32))
-
-        def forward(xb, yb, gt, gp, tau_t, idx_t):
-            a = arch(gt, gp, tau_t)
-            logits = net(xb, a, idx_t)
-            ce = loss_fn(logits, yb)
-            r = self._reg(a)
-            return ce + alpha * r, (ce, r, logits)
-
-        if not hasattr(self, "_jit_a"):
-            self._jit_a = ms.jit(ms.value_and_grad(forward, None, arch.params(), has_aux=True))
-        gp = ms.Tensor(g_pi) if g_pi is not None else ms.Tensor(np.zeros((1,), np.float32))
-        (loss, (ce, r, logits)), grads = self._jit_a(
-            x, y, ms.Tensor(g_theta), gp, ms.Tensor(tau, ms.float32), idx)
-        return _arch_result(arch, loss, ce, r, logits, y, grads)
 
 
 def _arch_result(arch: ArchParams, loss, ce, r, logits, y, grads) -> dict:
@@ -364,6 +317,8 @@ EXECUTORS = {"eager": EagerExecutor, "graph": GraphExecutor, "allpath": AllPathE
 
 
 def default_executor(device_target: str) -> str:
-    """Measured (docs/search_engine.md): PyNative with a host index is ~9x faster than the
-    jitted switch_layer step on CPU; GPU and Ascend have no measurement yet, so eager too."""
-    return "eager"
+    """GPU and Ascend: the compiled candidates (a device pays far more per dispatched op than a
+    CPU core). CPU: ``eager``: ``benchmarks/search_step.py`` measured it faster than the
+    compiled candidates at both the built-in default's size and full width (a CPU step there
+    is bound by the kernels, which are the same in both; figures in docs/search_engine.md)."""
+    return "graph" if device_target in ("GPU", "Ascend") else "eager"
