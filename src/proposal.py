@@ -138,6 +138,10 @@ def _check_names(table: ResourceTable, targets: dict) -> None:
 
 
 def objective_arrays(table: ResourceTable, targets: dict[str, float]) -> ObjectiveArrays:
+    """The objectives of Eq. 6 over ``table``, for the solver and for stage 2's regulariser
+    alike. M_i (``maxima``) is the largest value of objective i that the table can reach: in
+    stage 2 the table is the non-vital layers' with the vital ops fixed, so M_i is measured
+    over the architectures the proposals and the stage-2 search can actually produce."""
     _check_names(table, targets)
     names = tuple(targets)
     bounds = table.bounds()

@@ -32,6 +32,7 @@ from src.space.space import Space, arch_to_yaml, load_space
 
 STATE_FILE = "search_state.ckpt"
 LOG_FILE = "search_log.jsonl"
+STAGE_ACCURACY_STEPS = 20  # a stage's "learned" figure: mean accuracy of its last steps
 # Config keys a resumed search may change: they do not change what it computes.
 # The learning rates may change too (the log says so): a diverged run continues with lower ones.
 RESUME_MAY_CHANGE = ("output_dir", "device_target", "data.path", "data.num_workers",
@@ -98,6 +99,7 @@ class StageState:
     vital_report: dict = field(default_factory=dict)
     proposals_report: dict = field(default_factory=dict)
     stage_seconds: dict = field(default_factory=dict)
+    stage_accuracy: dict = field(default_factory=dict)  # stage -> mean a_acc / w_acc at its end
 
 
 class Interrupted(Exception):
@@ -289,7 +291,7 @@ class SearchRun:
         shard = (self.rank, self.group_size) if self.group_size > 1 else None
         val = self._val_batches()
         th_shape, pi_shape = arch.noise_shapes
-        t_stage = time.perf_counter()
+        t_stage = t_last = time.perf_counter()
         done_at_start = self.state.stage_step
         label = {"vital": "stage 1/2 (vital layers)",
                  "nonvital": "stage 2/2 (non-vital layers)",
@@ -360,7 +362,12 @@ class SearchRun:
                                         path=indices, proposal=proposal, a_path=a_indices,
                                         a_proposal=a_prop)
                 done = self.state.stage_step - done_at_start
-                el = time.perf_counter() - t_stage
+                now = time.perf_counter()
+                # counted step by step, so a checkpoint holds the time spent so far
+                self.state.stage_seconds[stage] = self.state.stage_seconds.get(stage, 0.0) + \
+                    (now - t_last)
+                t_last = now
+                el = now - t_stage
                 eta = el / max(done, 1) * (total - self.state.stage_step)
                 if self._bar:
                     _progress_bar(stage, self.state.stage_step, total, el / max(done, 1), eta)
@@ -380,13 +387,30 @@ class SearchRun:
                     raise Interrupted()
             self.state.epoch += 1
             self.state.step = 0
-        self.state.stage_seconds[stage] = self.state.stage_seconds.get(stage, 0.0) + \
-            (time.perf_counter() - t_stage)
+        self.state.stage_accuracy[stage] = self._stage_accuracy(stage)
+        acc = self.state.stage_accuracy[stage]
+        if acc:
+            log(f"[{stage}] learned: over its last {acc['steps']} steps the supernet's "
+                f"architecture-step accuracy is {acc['a_acc']:.2f} and its weight-step "
+                f"accuracy {acc['w_acc']:.2f} (chance {1 / self.space.num_classes:.2f})")
         if self.rank_log is not None:
             from src.search.distributed import arch_digest, weights_digest
             self.rank_log.write(event="stage_end", stage=stage, global_step=self.state.global_step,
                                 weights_sha256=weights_digest(net),
                                 arch_sha256=arch_digest(arch.values()))
+
+    def _stage_accuracy(self, stage: str, last: int = STAGE_ACCURACY_STEPS) -> dict:
+        """Mean accuracies of the stage's last steps, from the log (so a resumed stage counts
+        its steps before the resume too); rank 0 only (it holds the log)."""
+        from src.jsonlog import read_jsonl
+        if not (self.is_main and os.path.exists(self.path(LOG_FILE))):
+            return {}
+        recs = [r for r in read_jsonl(self.path(LOG_FILE))
+                if r.get("stage") == stage and "a_acc" in r][-last:]
+        if not recs:
+            return {}
+        return {"steps": len(recs), "a_acc": float(np.mean([r["a_acc"] for r in recs])),
+                "w_acc": float(np.mean([r["w_acc"] for r in recs]))}
 
     def _path_cost(self, net, indices) -> dict:
         tab = getattr(self, "_cur_table", None)
@@ -406,7 +430,7 @@ class SearchRun:
     def build(self, searched: list[int], fixed: dict[int, int], keep: list[int] | None,
               proposals: np.ndarray | None, reg_table: ResourceTable | None):
         import mindspore as ms
-        from src.proposal import resource_loss
+        from src.proposal import objective_arrays, resource_loss
         from src.search.step import EXECUTORS, ArchParams, HostAdam, SparseSGD
         from src.supernet import Supernet
 
@@ -420,17 +444,12 @@ class SearchRun:
         adam = HostAdam(shapes, self.p.arch_lr, weight_decay=self.p.arch_weight_decay)
         reg = None
         if reg_table is not None:
-            objs = self.objectives
-            tables = ms.Tensor(np.stack([reg_table.table[o] for o in objs]).astype(np.float32))
-            base = ms.Tensor(np.array([reg_table.base[o] for o in objs], np.float32))
-            targets = ms.Tensor(np.array([self.targets[o] for o in objs], np.float32))
-            maxima = ms.Tensor(np.array([self.maxima[o] for o in objs], np.float32))
+            # the same arrays (and M_i) as the proposal solver: src.proposal.objective_arrays
+            tables, base, targets, maxima = (ms.Tensor(a) for a in objective_arrays(
+                reg_table, self.targets).as_float32())
 
             def reg(a):
                 return resource_loss(a, tables, base, targets, maxima)
-        if self.group_size > 1 and self.executor_name == "graph":
-            raise HourNASError("the graph executor runs single-process; use search.executor="
-                               "eager for a data-parallel search")
         executor = EXECUTORS[self.executor_name](net, arch, sgd, reg=reg,
                                                  alpha=self.p.alpha if reg else 0.0,
                                                  grad_mean=self._grad_mean())
@@ -518,8 +537,11 @@ class SearchRun:
             "ops": [self.space.layers[i].ops[o].name for i, o in zip(vital, chosen)],
             "probabilities": probs.round(4).tolist(), "method": method}
         log(f"stage 1 fixed the vital layers ({method}): " + ", ".join(
-            f"{self.space.layers[i].label}={self.space.layers[i].ops[o].name}"
-            for i, o in zip(vital, chosen)))
+            f"{self.space.layers[i].label}={self.space.layers[i].ops[o].name} "
+            f"(p {probs[k, o]:.2f})" for k, (i, o) in enumerate(zip(vital, chosen))))
+        log(f"vital-op probabilities softmax(θ) (uniform: {1 / probs.shape[1]:.3f}): " + "; ".join(
+            f"{self.space.layers[i].label} " + " ".join(f"{p:.2f}" for p in probs[k])
+            for k, i in enumerate(vital)))
         return {i: o for i, o in zip(vital, chosen)}
 
     def nonvital_stage(self, fixed: dict[int, int], resume: tuple | None) -> None:
@@ -598,7 +620,6 @@ class SearchRun:
     def run(self, resume: bool) -> dict:
         space = self.space
         full = self.full_table(list(space.searchable), {})
-        self.maxima = {o: full.bounds()[o][1] for o in self.objectives}
         check_feasible(full, self.targets)
         loaded = self.load_state() if resume else None
         if resume and loaded is None:
@@ -709,7 +730,8 @@ class SearchRun:
             "arch": self.path("arch.yaml"), "space": space.name, "targets": self.targets,
             "achieved": achieved, "relative_error": rel, "within_tolerance": d.within,
             "tolerance": self.p.tolerance, "derivation": d.method, "proposal": j,
-            "stage_seconds": self.state.stage_seconds, "vital": self.state.vital_report,
+            "stage_seconds": self.state.stage_seconds,
+            "stage_accuracy": self.state.stage_accuracy, "vital": self.state.vital_report,
             "proposals": self.state.proposals_report, "executor": self.executor_name,
             "ops": [op.name for op in arch_rec.ops], "blocks": arch_rec.block_strings(),
             "params": int(count(arch_rec)["params"]), "flops": int(count(arch_rec)["flops"]),
