@@ -26,7 +26,11 @@ class Worker:
         env = dict(os.environ, **PASSIVE_ENV, OMP_NUM_THREADS=str(threads))
         self.proc = subprocess.Popen([sys.executable] + argv, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env)
-        self.ready = self._read()["ready"]
+        first = self._read()
+        if "error" in first:
+            self.close()
+            raise RuntimeError(first["error"])
+        self.ready = first["ready"]
 
     def _read(self) -> dict:
         while True:
@@ -53,13 +57,36 @@ def serve(setup, step) -> int:
     """Worker side: ``setup()`` -> ready facts; then ``step(request)`` -> timings per line."""
     out = sys.stdout
     sys.stdout = sys.stderr  # anything the frameworks print goes to stderr
-    out.write(json.dumps({"ready": setup()}) + "\n")
+    try:
+        ready = {"ready": setup()}
+    except MemoryError as e:  # a set-up that outgrows its budget is a result, not a crash
+        out.write(json.dumps({"error": str(e)}) + "\n")
+        out.flush()
+        return 1
+    out.write(json.dumps(ready) + "\n")
     out.flush()
     for line in sys.stdin:
         if line.strip():
             out.write(json.dumps(step(json.loads(line))) + "\n")
             out.flush()
     return 0
+
+
+def rss_gb() -> float:
+    """This process's resident memory in GiB (Linux; 0 where /proc is missing)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+def memory_gb() -> float:
+    """Physical memory in GiB."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 
 
 def interleave(workers: dict[str, Worker], requests: list[dict], log=None) -> dict:

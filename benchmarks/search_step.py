@@ -33,7 +33,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.harness import Worker, interleave, median, serve  # noqa: E402
+from benchmarks.harness import (Worker, interleave, median, memory_gb, rss_gb,  # noqa: E402
+                                serve)
 
 FULL = {"space": "fbnet_cifar10", "width": 1.0, "batch": 64}
 
@@ -102,6 +103,11 @@ def mindspore_worker(args) -> int:
             zero = np.zeros((len(searched), num_ops), np.float32)
             for o in paths:
                 _one_step(ex, name, [o] * len(searched), zero)
+                if rss_gb() > args.max_rss_gb:  # the compiled candidates keep their memory
+                    raise MemoryError(
+                        f"{name}: {rss_gb():.1f} GiB resident after compiling {o + 1} of "
+                        f"{len(paths)} ops on every layer (more than --max_rss_gb "
+                        f"{args.max_rss_gb:.1f}); stopped before the machine runs out")
             warm[name] = time.perf_counter() - t0
         return {"framework": "mindspore", "version": ms.__version__, "threads": facts["threads"],
                 "device_target": facts["device_target"], "warmup_s": warm,
@@ -227,16 +233,26 @@ def run_size(args, size: str, threads: int, have_torch: bool) -> dict:
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     spec = size_spec(size)
     common = [os.path.abspath(__file__), "--size", size, "--threads", str(threads),
-              "--executors", ",".join(args.executors), "--searched", args.searched,
-              "--device_target", args.device_target]
+              "--searched", args.searched, "--device_target", args.device_target,
+              "--max_rss_gb", str(args.max_rss_gb)]
     log(f"[{size}] {spec['space']} width {spec['width']} batch {spec['batch']}: setting up "
         f"(graph: compiling every candidate once)")
-    workers = {"mindspore": Worker(common + ["--worker", "mindspore"], threads)}
-    log(f"[{size}] MindSpore ready: {workers['mindspore'].ready}")
+    workers, failed = {}, {}
+    for name in args.executors:  # one process per executor: one that fails is reported alone
+        try:
+            workers[name] = Worker(common + ["--executors", name, "--worker", "mindspore"],
+                                   threads)
+            log(f"[{size}] MindSpore {name} ready: {workers[name].ready}")
+        except RuntimeError as e:
+            failed[name] = str(e)
+            log(f"[{size}] MindSpore {name} failed: {e}")
+    if not workers:
+        raise SystemExit(f"error: no executor could be set up at size {size}: {failed}")
     if have_torch:
         workers["pytorch"] = Worker(common + ["--worker", "pytorch"], threads)
         log(f"[{size}] PyTorch ready: {workers['pytorch'].ready}")
-    L, O = workers["mindspore"].ready["layers"], workers["mindspore"].ready["ops"]
+    first = next(iter(workers.values())).ready
+    L, O = first["layers"], first["ops"]
     rng = np.random.default_rng(1)
     requests = []
     for r in range(args.repeats + 1):
@@ -248,10 +264,15 @@ def run_size(args, size: str, threads: int, have_torch: bool) -> dict:
     finally:
         for w in workers.values():
             w.close()
-    out = summarize(spec, workers["mindspore"].ready, res["answers"]["mindspore"],
-                    res["answers"].get("pytorch"), default_executor(args.device_target),
-                    res["load_avg_1min"])
-    out["mindspore_version"] = workers["mindspore"].ready["version"]
+    ms_names = [n for n in workers if n != "pytorch"]
+    ready = dict(first, warmup_s={n: workers[n].ready["warmup_s"][n] for n in ms_names})
+    answers = [{n: res["answers"][n][r][n] for n in ms_names if n in res["answers"][n][r]}
+               for r in range(len(requests))]
+    out = summarize(spec, ready, answers, res["answers"].get("pytorch"),
+                    default_executor(args.device_target), res["load_avg_1min"])
+    out["mindspore_version"] = first["version"]
+    if failed:
+        out["failed"] = {n: e.splitlines()[0] for n, e in failed.items()}
     if have_torch:
         out["pytorch_version"] = workers["pytorch"].ready["version"]
         out["pytorch_warmup_s"] = round(workers["pytorch"].ready["warmup_s"], 2)
@@ -270,6 +291,10 @@ def main() -> int:
                     help="search every layer (stage 2) or only the vital ones (S_vital)")
     ap.add_argument("--no_torch", action="store_true", help="skip the PyTorch twin")
     ap.add_argument("--device_target", default="CPU")
+    ap.add_argument("--max_rss_gb", type=float, default=round(0.5 * memory_gb(), 1),
+                    help="an executor whose set-up holds more than this (GiB; default half the "
+                         "machine's memory) is stopped and reported as failed: the compiled "
+                         "candidates keep each candidate's memory")
     ap.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--size", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker", choices=("mindspore", "pytorch"), default=None,

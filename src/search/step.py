@@ -5,7 +5,8 @@
   the path, and only those move (SGD momentum and weight decay included).
 * ``graph`` (compiled candidates): the same path, with every candidate Block compiled once on
   its first call and the path's update compiled; bit-identical to ``eager``, fewer host
-  dispatches. ``default_executor`` says which one a device uses by default.
+  dispatches, but each compiled candidate keeps its memory. ``default_executor`` says which
+  one a device uses by default, and why.
 * ``allpath``: FBNet-style; every candidate runs, weighted by Gumbel-softmax (Table 5 ablation).
 
 Architecture parameters (θ in stage 1; Π and Θ in stage 2) live apart from the weights
@@ -317,8 +318,13 @@ EXECUTORS = {"eager": EagerExecutor, "graph": GraphExecutor, "allpath": AllPathE
 
 
 def default_executor(device_target: str) -> str:
-    """GPU and Ascend: the compiled candidates (a device pays far more per dispatched op than a
-    CPU core). CPU: ``eager``: ``benchmarks/search_step.py`` measured it faster than the
-    compiled candidates at both the built-in default's size and full width (a CPU step there
-    is bound by the kernels, which are the same in both; figures in docs/search_engine.md)."""
-    return "graph" if device_target in ("GPU", "Ascend") else "eager"
+    """``eager`` on every device, from measurements (docs/search_engine.md):
+
+    * CPU: ``benchmarks/search_step.py`` measured it faster than the compiled candidates at
+      the built-in default's size (a CPU step there is bound by the kernels, the same in both);
+    * the compiled candidates keep each compiled candidate's memory: 198 of them at width 0.5,
+      CIFAR size, batch 64 held 21.8 GB, so at full width (and at ImageNet size on a device)
+      they outgrow the memory. ``search.executor: graph`` selects them where they fit;
+      ``benchmarks/device_check.sh`` measures both on a GPU.
+    """
+    return "eager"
