@@ -230,8 +230,6 @@ def test_ablation_sets_and_configs():
 
 
 def test_ablation_configs_load_with_the_search_schema():
-    if not os.path.isfile(os.path.join(ablation.ROOT, "config", "search", "default.yaml")):
-        pytest.skip("config/search/default.yaml (the engine's tiny default) is not here yet")
     from src.config import load_config
     from src.search.config import SearchConfig
     cfg = load_config(SearchConfig, ablation.config_path("no_vital_priori"))

@@ -1,4 +1,6 @@
 """The counter against the literature and against the real Cells."""
+import zlib
+
 import numpy as np
 import pytest
 
@@ -40,7 +42,7 @@ def test_counter_equals_cell(name):
 @pytest.mark.parametrize("space_name", sorted(available_spaces()))
 def test_counter_equals_cell_random_archs(space_name):
     space = load_space(space_name)
-    rng = np.random.default_rng(abs(hash(space_name)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(space_name.encode()))  # replayable (hash() is salted)
     for _ in range(2):
         choices = [int(rng.integers(len(space.layers[i].ops))) for i in space.searchable]
         arch = space.arch(choices)
