@@ -479,6 +479,9 @@ def test_export_into_a_folder_with_spaces_or_non_ascii(w, folder):
     assert sorted(os.listdir(where)) == ["tiny.mindir", "tiny_b2.onnx", "tiny_best.ckpt"]
     import mindspore as ms
     import numpy as np
+
+    from src.context import setup_context
+    setup_context("CPU", mode="graph")  # before the first kernel of this test process
     graph = ms.nn.GraphCell(ms.load(str(where / "tiny.mindir")))
     assert graph(ms.Tensor(np.zeros((3, 3, 16, 16), np.float32))).shape == (3, 10)
     shutil.rmtree(w / "names")
