@@ -46,8 +46,6 @@ def run_full_search(cfg, args) -> dict:
     from src.context import setup_context
     from src.search.engine import run_search
 
-    if args.no_vital_priori:
-        cfg.search.vital_priori = False
     facts = setup_context(cfg.device_target, mode="pynative", distributed=args.distributed)
     out_dir = cfg.output_dir
     if facts["group_size"] > 1:
@@ -64,8 +62,10 @@ def main(args) -> int:
     from src.config import load_config, save_config
     from src.search.config import SearchConfig
 
-    cfg = load_config(SearchConfig, args.config or DEFAULT_CONFIG,
-                      overrides_from_args(args, SearchConfig))
+    overrides = overrides_from_args(args, SearchConfig)
+    if args.no_vital_priori:  # a flag is an override: validated with the rest, saved as run
+        overrides.insert(0, "search.vital_priori=false")
+    cfg = load_config(SearchConfig, args.config or DEFAULT_CONFIG, overrides)
     out_dir = cfg.output_dir
     if args.stage != "describe":
         from src.checkpoint import check_output_dir

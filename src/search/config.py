@@ -89,6 +89,10 @@ class SearchParams:
         if self.epochs_vital < 0:
             raise HourNASError(f"search.epochs_vital must be >= 0 (0: no vital stage, with "
                                f"--no-vital-priori), got {self.epochs_vital}")
+        if self.vital_priori and self.epochs_vital < 1:
+            raise HourNASError(f"search.epochs_vital must be >= 1 with the vital priori, got "
+                               f"{self.epochs_vital}; or search without it (--no-vital-priori, "
+                               f"search.vital_priori=false)")
         if self.epochs_nvital < 1:
             raise HourNASError(f"search.epochs_nvital must be >= 1, got {self.epochs_nvital}")
         if self.batch_size < 1:

@@ -657,7 +657,7 @@ class SearchRun:
         self._install_signals()
         try:
             fixed: dict[int, int] = {}
-            if self.p.vital_priori and self.p.epochs_vital > 0:
+            if self.p.vital_priori:
                 if self.state.stage == "vital":
                     self.vital_choices_idx = {}
                     fixed = self.vital_stage(loaded)
@@ -669,11 +669,7 @@ class SearchRun:
                 else:
                     fixed = {int(k): v for k, v in self.state.vital_choices.items()}
                     self.vital_choices_idx = fixed
-            elif self.p.vital_priori:
-                fixed = {i: 0 for i in space.vital_layers()}
-                raise HourNASError("search.epochs_vital must be >= 1 with the vital priori "
-                                   "(or run --no-vital-priori)")
-            else:
+            else:  # validate() requires epochs_vital >= 1 with the vital priori
                 self.vital_choices_idx = {}
                 if self.state.stage == "vital":
                     self.state.stage = "nonvital"

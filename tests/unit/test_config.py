@@ -221,3 +221,28 @@ def test_union_and_optional_nested_errors_are_precise():
     assert load_config(U, overrides=["sub.batch=2"]).sub == Data(batch=2)
     with pytest.raises(ConfigError, match=r"unknown config key 'sub.bacth'.*did you mean 'batch'"):
         load_config(U, overrides=["sub={bacth: 2}"])
+
+
+def test_search_cross_field_check_is_in_validate(tmp_path):
+    """search.epochs_vital=0 needs the ablation without the vital priori: refused when the
+    config is loaded (before anything is written), accepted with vital_priori false."""
+    from src.search.config import SearchConfig
+    with pytest.raises(HourNASError, match="epochs_vital must be >= 1 with the vital priori"):
+        load_config(SearchConfig, None, ["search.epochs_vital=0"])
+    cfg = load_config(SearchConfig, None, ["search.vital_priori=false", "search.epochs_vital=0"])
+    assert cfg.search.vital_priori is False and cfg.search.epochs_vital == 0
+
+
+def test_no_vital_priori_flag_is_an_override_saved_as_run(tmp_path):
+    """search.py --no-vital-priori becomes search.vital_priori=false before validation, so
+    the config.yaml written is the one that ran."""
+    import subprocess
+    import sys
+    out = tmp_path / "p"
+    proc = subprocess.run([sys.executable, "search.py", "--stage", "proposals", "--no-vital-priori",
+                           "--output_dir", str(out), "--set", "proposal.iterations=5",
+                           "--set", "proposal.report_samples=10", "--set", "search.epochs_vital=0"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["search"]["vital_priori"] is False and saved["search"]["epochs_vital"] == 0
