@@ -28,7 +28,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from src.errors import HourNASError
+from src.errors import HourNASError, Stopped
 
 DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
 
@@ -231,6 +231,9 @@ def _run(main_fn: Callable[[argparse.Namespace], int | None], args: argparse.Nam
          debug: bool) -> int:
     try:
         code = main_fn(args)
+    except Stopped as e:  # a signal stopped the run after it saved its state
+        print(str(e), file=sys.stderr, flush=True)
+        raise SystemExit(128 + e.signum) from None
     except HourNASError as e:
         if debug:
             traceback.print_exc()

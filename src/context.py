@@ -169,6 +169,15 @@ def setup_context(device_target: str = "CPU", mode: str = "graph", device_id: in
     return dict(_state)
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display): every plot of the
+    project gets it here, so the backend is chosen in one place."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def params_digest(params) -> str:
     """sha256 over Parameters (sorted by name): equal digests on two ranks mean bit-identical
     weights (what the data-parallel gradient mean keeps)."""

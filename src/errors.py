@@ -28,3 +28,12 @@ class ResourceTargetError(HourNASError):
 
 class DeviceError(HourNASError):
     """A device target or distributed setup that is not usable here."""
+
+
+class Stopped(Exception):
+    """A run stopped by a signal after saving its state: the entry point exits 128 + signum
+    (the library never exits the process itself)."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = int(signum)

@@ -464,9 +464,8 @@ def plot_proposals(proposals: Proposals, table: ResourceTable, path: str,
     """Fig. 3: ``n`` sampled architectures per τ, first objective on x, second on y (one
     objective: a histogram); target, its ±5% box and each proposal's arg-max architecture
     marked. Writes a PNG; returns ``path``."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from src.context import pyplot
+    plt = pyplot()
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch, Rectangle
 

@@ -609,9 +609,8 @@ read_log = read_jsonl  # the one JSON-lines reader
 
 def plot_log(log_path: str, png_path: str) -> str | None:
     """Loss and accuracy curves of a run (PNG), from its JSONL log."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from src.context import pyplot
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     recs = read_log(log_path)

@@ -5,18 +5,12 @@ import base64
 import io
 import os
 
+from src.context import pyplot  # noqa: F401  (re-exported; the one place that picks the backend)
+
 VITAL_COLOR = "#d62728"      # red: blocks on every input->output path (the hourglass neck)
 NONVITAL_COLOR = "#1f77b4"   # blue: blocks that a shortcut can bypass (the bulb)
 VITAL_LABEL = "vital (on every input→output path)"
 NONVITAL_LABEL = "non-vital (bypassable by a shortcut)"
-
-
-def pyplot():
-    """matplotlib.pyplot on the Agg backend (no display needed)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def vital_handles():

@@ -22,7 +22,7 @@ from src.checkpoint import (atomic_write, atomic_write_text, check_fit, load_che
 from src.cli import log
 from src.config import flatten, format_size, save_config, to_dict
 from src.data import dataset_info, make_dataset, search_split
-from src.errors import CheckpointError, HourNASError
+from src.errors import CheckpointError, HourNASError, Stopped
 from src.proposal import check_feasible, solve_proposals
 from src.resource import OBJECTIVES, ResourceTable, count, resource_table
 from src.sampler import GumbelNoise, TauSchedule
@@ -681,10 +681,9 @@ class SearchRun:
                     self.save(self.final_net, self.final_sgd, self.final_arch, self.final_adam)
         except Interrupted:
             name = signal.Signals(self._stop_signal).name
-            print(f"stopped by {name} at {self.state.stage} global step "
-                  f"{self.state.global_step}: state saved in {self.path(STATE_FILE)}; continue "
-                  f"with --resume", file=sys.stderr)
-            raise SystemExit(128 + int(self._stop_signal))
+            raise Stopped(self._stop_signal, f"stopped by {name} at {self.state.stage} global "
+                          f"step {self.state.global_step}: state saved in "
+                          f"{self.path(STATE_FILE)}; continue with --resume") from None
         finally:
             self._restore_signals()
         return self.finish(fixed)

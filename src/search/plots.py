@@ -12,9 +12,8 @@ from src.space.space import Space
 
 def plot_search(folder: str, space: Space, targets: dict[str, float]) -> list[str]:
     """Writes search_theta.png and search_progress.png into ``folder``; returns the paths."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from src.context import pyplot
+    plt = pyplot()
 
     written = []
     params_path = os.path.join(folder, "arch_params.npz")
