@@ -145,3 +145,18 @@ def test_infeasible_target_names_range(tmp_path):
     assert proc.returncode == 2
     assert "feasible" in proc.stderr and "Traceback" not in proc.stderr
     assert not os.path.exists(tmp_path / "search_state.ckpt")
+
+
+def test_compiled_candidates_search_equals_the_eager_one(full_run, tmp_path):
+    """search.executor=graph (compiled candidates) through the whole two-stage search: the
+    same architecture, θ/Π/Θ and learned accuracies as the default (eager) run, to the bit."""
+    ref, ref_summary, _ = full_run
+    assert ref_summary["executor"] == "eager"
+    summary = last_json(_search(tmp_path, "--set", "search.executor=graph").stdout)
+    assert summary["executor"] == "graph"
+    assert summary["ops"] == ref_summary["ops"]
+    assert summary["stage_accuracy"] == ref_summary["stage_accuracy"]
+    a, b = np.load(ref / "arch_params.npz"), np.load(tmp_path / "arch_params.npz")
+    assert a.files == b.files
+    for key in a.files:
+        assert np.array_equal(a[key], b[key]), key
