@@ -79,8 +79,8 @@ def _set_threads(n: int) -> int:
 
 def _launch_blocking() -> None:
     """CPU: run PyNative ops synchronously. MindSpore's asynchronous launch thread spins on one
-    of the cores, and its depthwise-conv weight gradient has a slow path there (measured in
-    docs/search_engine.md: the built-in search 3x faster, same bits). Once per process,
+    of the cores, and its depthwise-conv weight gradient has a slow path there
+    (docs/search_engine.md). Once per process,
     after the device and the thread count are set."""
     if _blocking_set:
         return

@@ -41,7 +41,8 @@ def _zero_init_residual(block: Block) -> None:
 
 
 class MixedLayer(nn.Cell):
-    """A searchable layer: one Block per candidate op."""
+    """A searchable layer: one Block per candidate op (``Supernet.forward_path`` calls the
+    sampled one, ``forward_all`` every one)."""
 
     def __init__(self, space: Space, index: int):
         super().__init__()
@@ -49,10 +50,6 @@ class MixedLayer(nn.Cell):
         self.index = index
         self.candidates = nn.CellList([Block(layer.plan(op, space.conventions))
                                        for op in layer.ops])
-
-    def construct(self, x, idx: int):
-        """The candidate ``idx`` (a host int) alone."""
-        return self.candidates[idx](x)
 
 
 class Supernet(nn.Cell):
