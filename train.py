@@ -43,6 +43,7 @@ def parser():
 
 def main(args) -> int:
     from src.checkpoint import check_output_dir
+    from src.context import set_seed, setup_context
     from src.trainer import TrainConfig, check_resumable, latest_checkpoint, train
 
     overrides = overrides_from_args(args, TrainConfig)
@@ -64,10 +65,13 @@ def main(args) -> int:
         # what the command does not say comes from the run being continued
         cfg = load_config(TrainConfig, args.config, overrides, base=extra["config"])
         check_resumable(extra["config"], cfg)
-    result = train(cfg, resume_from=resume_from, log=log)
+    # the process-wide set-up is the entry point's (src/context.py), as in search.py
+    facts = setup_context(cfg.device_target, "graph", distributed=cfg.distributed)
+    set_seed(cfg.train.seed)
+    result = train(cfg, facts, resume_from=resume_from, log=log)
     if args.json:
         emit_json(result)
-    return result["exit_code"]
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Device setup in one place: target, execution mode, CPU threads, distributed init.
+"""Process-wide set-up in one place: device target, execution mode, CPU threads,
+distributed init, the MindSpore seed, the matplotlib backend.
 
 Nothing else in the project sets device state. ``setup_context`` is idempotent:
 a second call with the same target returns the same facts (and may change the mode).
@@ -178,19 +179,14 @@ def pyplot():
     return plt
 
 
-def params_digest(params) -> str:
-    """sha256 over Parameters (sorted by name): equal digests on two ranks mean bit-identical
-    weights (what the data-parallel gradient mean keeps)."""
-    import hashlib
+def set_seed(seed: int) -> None:
+    """Seed MindSpore's weight initialisers and in-graph random ops (``ms.set_seed``): the
+    entry points call it (train.py before the network is built; the search before each
+    stage's supernet), never the library's loops. Host-side randomness (data order, Gumbel
+    noise, proposals) has its own seeded numpy generators."""
+    import mindspore as ms
 
-    import numpy as np
-
-    h = hashlib.sha256()
-    for p in sorted(params, key=lambda q: q.name):
-        a = np.ascontiguousarray(p.asnumpy())
-        h.update(p.name.encode() + str(a.dtype).encode() + str(a.shape).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+    ms.set_seed(int(seed))
 
 
 _allreduce: list = []  # one AllReduce primitive per process, made on first use

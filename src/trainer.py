@@ -16,10 +16,8 @@ file names are for people only.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -28,11 +26,14 @@ import numpy as np
 
 from src.checkpoint import (atomic_write, atomic_write_text, check_fit, load_checkpoint,
                             save_checkpoint)
-from src.config import flatten, save_config, to_dict
-from src.context import agree_stop, params_digest
+from src.config import save_config, to_dict
+from src.context import agree_stop
 from src.data import DataConfig, DatasetInfo, dataset_info, make_dataset, num_batches, sample_order
-from src.errors import CheckpointError, ConfigError, HourNASError
+from src.errors import CheckpointError, ConfigError, HourNASError, Stopped
 from src.jsonlog import read_jsonl
+from src.runlog import (JsonLog, StepClock, StopSignals, check_resume_config, config_changes,
+                        cosine, describe_changes, hms, nonfinite, params_digest, signal_name,
+                        up_to_step)
 from src.space.plan import ACTIVATIONS
 from src.space.space import Arch, arch_from_dict, load_arch
 
@@ -271,8 +272,7 @@ def lr_at(p: TrainParams, step: int, steps_per_epoch: int) -> float:
         return peak * (step + 1) / warm
     if p.schedule == "constant":
         return peak
-    t = (step - warm) / max(1, total - warm)
-    return p.min_lr + 0.5 * (peak - p.min_lr) * (1.0 + math.cos(math.pi * min(1.0, t)))
+    return cosine(peak, p.min_lr, (step - warm) / max(1, total - warm))
 
 
 def create_optimizer(net, p: TrainParams):
@@ -292,106 +292,6 @@ def create_optimizer(net, p: TrainParams):
     groups.append({"order_params": params})
     return nn.Momentum(groups, learning_rate=ms.Tensor(p.peak_lr, ms.float32), momentum=p.momentum,
                        use_nesterov=p.nesterov)
-
-
-def _graph_helpers():
-    import mindspore.ops as ops
-
-    unscale = ops.MultitypeFuncGraph("unscale")
-
-    @unscale.register("Tensor", "Tensor")
-    def _unscale(scale, grad):
-        return grad / ops.cast(scale, grad.dtype)
-
-    ema = ops.MultitypeFuncGraph("ema")
-
-    @ema.register("Tensor", "Tensor", "Tensor")
-    def _ema(decay, avg, value):
-        return ops.assign(avg, avg * decay + (1.0 - decay) * ops.cast(value, avg.dtype))
-
-    return unscale, ema
-
-
-def TrainStep(net, loss_fn, optimizer, *, loss_scale: float = 1.0, dynamic: bool = False,
-              ema_decay: float | None = None, scale_window: int = 1000):
-    """One training step as a single graph: forward, scaled backward, gradient all-reduce
-    (data parallel), overflow check, SGD update, EMA update. Returns (loss, grads_finite).
-
-    With ``dynamic`` the loss scale halves on overflow (the step is skipped) and doubles after
-    ``scale_window`` good steps (MindSpore's DynamicLossScaleManager rule).
-    """
-    import mindspore as ms
-    import mindspore.nn as nn
-    import mindspore.ops as ops
-    from mindspore import Parameter, ParameterTuple, Tensor
-    from mindspore.amp import all_finite
-    from mindspore.communication import get_group_size
-
-    unscale, ema_op = _graph_helpers()
-
-    class _TrainStep(nn.Cell):
-        def __init__(self):
-            super().__init__(auto_prefix=False)
-            self.network = nn.WithLossCell(net, loss_fn)
-            self.network.set_grad()
-            self.optimizer = optimizer
-            self.weights = optimizer.parameters
-            self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
-            self.hyper_map = ops.HyperMap()
-            self.scale = Parameter(Tensor(float(loss_scale), ms.float32), name="loss_scale",
-                                   requires_grad=False)
-            self.good_steps = Parameter(Tensor(0, ms.int32), name="loss_scale_good_steps",
-                                        requires_grad=False)
-            self.dynamic = dynamic
-            self.window = scale_window
-            self.reducer = None
-            mode = ms.get_auto_parallel_context("parallel_mode")
-            if mode in (ms.ParallelMode.DATA_PARALLEL, ms.ParallelMode.HYBRID_PARALLEL):
-                self.reducer = nn.DistributedGradReducer(self.weights, mean=True)
-                self.loss_sum = ops.AllReduce()  # the loss logged: the global batch's mean
-                self.inv_devices = 1.0 / get_group_size()
-            self.use_ema = ema_decay is not None
-            if self.use_ema:
-                self.model_params = ParameterTuple(list(net.get_parameters()))
-                self.ema_params = self.model_params.clone("ema", init="same")
-                self.ema_decay = float(ema_decay)
-                self.ema_updates = Parameter(Tensor(0.0, ms.float32), name="ema_updates",
-                                             requires_grad=False)
-
-        def _adjust_scale(self, finite):
-            one = ops.ones_like(self.scale)
-            good = ops.select(finite, self.good_steps + 1, ops.zeros_like(self.good_steps))
-            grow = good >= self.window
-            scale = ops.select(finite, ops.select(grow, self.scale * 2.0, self.scale),
-                               ops.maximum(self.scale * 0.5, one))
-            good = ops.select(grow, ops.zeros_like(good), good)
-            return ops.depend(ops.assign(self.scale, scale), ops.assign(self.good_steps, good))
-
-        def construct(self, x, y, lr):
-            # the learning rate is an input: set_data on the optimizer's Parameter between
-            # steps is not seen by a compiled graph of a grouped optimizer
-            loss = ops.depend(self.network(x, y), ops.assign(self.optimizer.learning_rate, lr))
-            sens = ops.ones_like(loss) * ops.cast(self.scale, loss.dtype)
-            grads = self.grad(self.network, self.weights)(x, y, sens)
-            if self.reducer is not None:
-                grads = self.reducer(grads)
-                loss = self.loss_sum(loss) * self.inv_devices
-            grads = self.hyper_map(ops.partial(unscale, self.scale), grads)
-            finite = all_finite(grads)
-            if self.dynamic:
-                loss = ops.depend(loss, self._adjust_scale(finite))
-            if finite:
-                loss = ops.depend(loss, self.optimizer(grads))
-                if self.use_ema:
-                    n = self.ema_updates + 1.0
-                    loss = ops.depend(loss, ops.assign(self.ema_updates, n))
-                    # warm-up of the decay (TF's num_updates rule): early averages follow fast
-                    decay = ops.minimum(self.ema_decay, (1.0 + n) / (10.0 + n))
-                    loss = ops.depend(loss, self.hyper_map(ops.partial(ema_op, decay),
-                                                           self.ema_params, self.model_params))
-            return loss, finite
-
-    return _TrainStep()
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -559,50 +459,12 @@ def latest_checkpoint(output_dir: str) -> tuple[str, dict]:
 
 def check_resumable(stored: dict, cfg: TrainConfig) -> None:
     """Raise ConfigError if ``cfg`` changes what the stored run computes."""
-    a, b = flatten(stored), flatten(to_dict(cfg))
-    diff = [k for k in sorted(set(a) | set(b)) if k not in RESUME_MAY_CHANGE and a.get(k) != b.get(k)]
-    if diff:
-        shown = "; ".join(f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in diff[:3])
-        raise ConfigError(f"--resume with a different configuration ({shown}); resume with the "
-                          f"settings of the run, or start a new one in another --output_dir "
-                          f"(may change on resume: {', '.join(RESUME_MAY_CHANGE)})")
+    check_resume_config(stored, to_dict(cfg), RESUME_MAY_CHANGE,
+                        "resume with the settings of the run, or start a new one in another "
+                        "--output_dir")
 
 
 # ----------------------------------------------------------------------------- logging, plot
-
-class RunLog:
-    """``train_log.jsonl``: one JSON object per line (events: start, step, compile, eval,
-    checkpoint, stop)."""
-
-    def __init__(self, path: str, enabled: bool = True):
-        self.path = path
-        self.enabled = enabled
-
-    def reset(self, keep_until_step: int | None = None) -> None:
-        """Start afresh, or (resume) drop records after the checkpoint's global step."""
-        if not self.enabled:
-            return
-        lines = []
-        if keep_until_step is not None and os.path.isfile(self.path):
-            with open(self.path, encoding="utf-8") as fh:
-                for line in fh:
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:
-                        continue  # a line cut by a kill
-                    if rec.get("global_step", 0) <= keep_until_step:
-                        lines.append(json.dumps(rec))
-        atomic_write_text(self.path, "".join(ln + "\n" for ln in lines))
-
-    def write(self, **rec) -> None:
-        if not self.enabled:
-            return
-        rec = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-               for k, v in rec.items()}
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(rec) + "\n")
-            fh.flush()
-
 
 read_log = read_jsonl  # the one JSON-lines reader
 
@@ -645,328 +507,472 @@ def plot_log(log_path: str, png_path: str) -> str | None:
     return png_path
 
 
-def _fmt_time(s: float) -> str:
-    s = int(max(0, s))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+# ----------------------------------------------------------------------------- the run
+
+@dataclass
+class Position:
+    """Where a run is (stored in every checkpoint besides the tensors)."""
+
+    epoch: int = 1              # 1-based
+    epoch_step: int = 0         # steps done in this epoch
+    global_step: int = 0        # steps done in the run
+    best_top1: float | None = None
+    best_epoch: int | None = None
+    last_eval: dict | None = None   # the latest validation (with its epoch and global step)
+
+
+@dataclass
+class Run:
+    """What the loop and its callbacks share, built once by ``prepare_run``."""
+
+    cfg: TrainConfig
+    facts: dict                 # src.context.setup_context's
+    log: Callable[[str], None]
+    resume_from: str | None
+    arch: Arch | None = None
+    spe: int = 0                # steps per epoch
+    amp_level: str = "O0"
+    net: object = None          # the network the step trains
+    step_cell: object = None    # TrainStep
+    eval_net: object = None     # a second network the weights are copied into to validate
+    runlog: JsonLog | None = None
+    pos: Position = field(default_factory=Position)
+
+    @property
+    def rank(self) -> int:
+        return self.facts["rank"]
+
+    @property
+    def size(self) -> int:
+        return self.facts["group_size"]
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        return (self.rank, self.size) if self.size > 1 else None
+
+    @property
+    def agree(self):
+        """All ranks act on one stop signal (data parallel), else None."""
+        return agree_stop if self.size > 1 else None
+
+    @property
+    def use_scale(self) -> bool:
+        return self.amp_level != "O0"
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.train.epochs * self.spe
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.cfg.output_dir, name)
+
+
+def _check_devices(run: Run) -> None:
+    p = run.cfg.train
+    if p.batch_size % run.size:
+        raise ConfigError(f"train.batch_size {p.batch_size} must be divisible by the number of "
+                          f"devices ({run.size})")
+    run.amp_level = p.amp_level
+    if run.facts["device_target"] == "CPU" and run.amp_level != "O0":
+        run.log(f"amp_level {run.amp_level} -> O0: mixed precision is not supported on CPU")
+        run.amp_level = "O0"
+
+
+def _choose_arch(run: Run, info: DatasetInfo) -> tuple[dict, dict]:
+    """Set ``run.arch``; returns the (params, extra) of the checkpoint resumed, else ({}, {})."""
+    cfg, resume_from = run.cfg, run.resume_from
+    if not resume_from:
+        if not cfg.arch:
+            raise ConfigError("no architecture: give --arch FILE (e.g. config/arch/fbnet_b.yaml or "
+                              "a search result) or 'arch:' in the config")
+        run.arch = resolve_arch(cfg.arch, info, cfg.train, run.log)
+        return {}, {}
+    params, extra = load_checkpoint(resume_from)
+    if extra.get("format") != CKPT_FORMAT:
+        raise CheckpointError(f"'{resume_from}' is not a training checkpoint of this project")
+    check_resumable(extra["config"], cfg)
+    run.arch = arch_of_checkpoint(extra, resume_from)
+    if cfg.arch and cfg.arch != extra["config"].get("arch"):  # same net, other path?
+        other = resolve_arch(cfg.arch, info, cfg.train)
+        if other.to_dict() != run.arch.to_dict():
+            raise ConfigError(f"--resume: architecture '{cfg.arch}' is not the one the run "
+                              f"trains ('{run.arch.name}', stored in {resume_from}); leave "
+                              f"--arch out or start a new run in another --output_dir")
+    return params, extra
+
+
+def _build(run: Run) -> None:
+    """The network, the compiled step and the validation copy (weights seeded by the entry
+    point: src.context.set_seed)."""
+    import mindspore as ms
+
+    from src.train_step import TrainStep
+
+    p = run.cfg.train
+    run.net = create_model(run.arch)
+    if p.sync_bn and run.size > 1:
+        if run.facts["device_target"] == "CPU":
+            raise ConfigError("train.sync_bn needs GPU or Ascend (MindSpore's SyncBatchNorm has "
+                              "no CPU kernel); set train.sync_bn=false on CPU")
+        run.log(f"sync_bn: {use_sync_batchnorm(run.net)} BatchNorm layers normalise over the "
+                f"global batch")
+    if run.use_scale:
+        run.net = ms.amp.auto_mixed_precision(run.net, run.amp_level)
+    run.step_cell = TrainStep(run.net, create_loss(p), create_optimizer(run.net, p),
+                              loss_scale=p.loss_scale if run.use_scale else 1.0,
+                              dynamic=run.use_scale and p.dynamic_loss_scale,
+                              ema_decay=p.ema_decay if p.ema else None)
+    run.step_cell.set_train()
+    run.eval_net = create_model(run.arch)
+    run.eval_net.set_train(False)
+
+
+def _state_names(step_cell) -> list[str]:
+    """What a checkpoint stores of the step: every parameter but the lr (an input)."""
+    return [n for n in _by_name(step_cell) if n != "learning_rate"]
+
+
+def _restore(run: Run, params: dict, extra: dict) -> None:
+    """Load the checkpoint into the step and continue where it was written."""
+    import mindspore as ms
+
+    own, where = _by_name(run.step_cell), run.resume_from
+    check_fit(f"checkpoint '{where}'", {n: tuple(v.shape) for n, v in params.items()},
+              {n: tuple(own[n].shape) for n in _state_names(run.step_cell)})
+    not_loaded, _ = ms.load_param_into_net(run.step_cell, params, strict_load=True)
+    not_loaded = [n for n in not_loaded if n != "learning_rate"]  # set every step
+    if not_loaded:
+        raise CheckpointError(f"checkpoint '{where}' did not load: {not_loaded[:3]}")
+    if int(extra["steps_per_epoch"]) != run.spe:
+        raise ConfigError(f"--resume: the run had {extra['steps_per_epoch']} steps per epoch, "
+                          f"this configuration gives {run.spe}")
+    pos = run.pos = Position(int(extra["epoch"]), int(extra["epoch_step"]),
+                             int(extra["global_step"]), extra.get("best_top1"),
+                             extra.get("best_epoch"))
+    if pos.epoch_step >= run.spe:
+        pos.epoch, pos.epoch_step = pos.epoch + 1, 0
+    run.runlog.reset(keep=up_to_step(pos.global_step))
+    run.log(f"resumed from {where}: epoch {pos.epoch}, step {pos.epoch_step}/{run.spe} "
+            f"(global step {pos.global_step})")
+    changed = config_changes(extra["config"], to_dict(run.cfg), RESUME_LR_KEYS)
+    if changed:
+        run.log(f"learning rate changed on resume: {describe_changes(changed)}; the schedule "
+                f"continues at global step {pos.global_step} with the new values")
+    run.runlog.write(event="resume", global_step=pos.global_step, ckpt=os.path.basename(where),
+                     **({"lr_changed": {k: list(v) for k, v in changed.items()}} if changed else {}))
+
+
+def _start_fresh(run: Run) -> None:
+    existing = list_checkpoints(run.cfg.output_dir) if run.main else []
+    if existing:
+        raise CheckpointError(f"'{run.cfg.output_dir}' already holds training checkpoints (e.g. "
+                              f"{os.path.basename(existing[-1][0])}); add --resume to continue "
+                              f"that run, or choose another --output_dir")
+    run.pos = Position()
+    run.runlog.reset()
+
+
+def _announce(run: Run, info: DatasetInfo) -> None:
+    """config.yaml and arch.yaml (what runs), the opening log line and the start record."""
+    from src.resource import count
+    from src.space.space import arch_to_yaml
+
+    cfg, p, arch = run.cfg, run.cfg.train, run.arch
+    if run.main:
+        save_config(cfg, run.path(CONFIG_NAME))
+        atomic_write_text(run.path(ARCH_NAME), arch_to_yaml(arch))
+    flops = count(arch)["flops"]
+    n_params = sum(int(q.size) for q in run.net.trainable_params())
+    run.log(f"training {arch.name}: {n_params / 1e6:.2f}M params, {flops / 1e6:.1f}M FLOPs "
+            f"at {arch.input_size}x{arch.input_size}; {info.name}: {info.train_size} train / "
+            f"{info.eval_size} eval images; {p.epochs} epochs x {run.spe} steps of "
+            f"{p.batch_size} (peak lr {p.peak_lr:g}); device {run.facts['device_target']}"
+            + (f", {run.size} devices" if run.size > 1 else ""))
+    run.runlog.write(event="start", global_step=run.pos.global_step, arch=arch.name,
+                     params=n_params, flops=flops, epochs=p.epochs, steps_per_epoch=run.spe,
+                     batch_size=p.batch_size, peak_lr=p.peak_lr, resumed=bool(run.resume_from))
+
+
+def prepare_run(cfg: TrainConfig, facts: dict, resume_from: str | None,
+                log: Callable[[str], None]) -> Run:
+    """Everything before the first step: devices, architecture, network and step, the resumed
+    position (or a fresh start), the saved config and the opening log line."""
+    run = Run(cfg, facts, log, resume_from)
+    _check_devices(run)
+    info = dataset_info(cfg.data)
+    params, extra = _choose_arch(run, info)
+    run.spe = steps_per_epoch(cfg, run.shard)
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    run.runlog = JsonLog(run.path(LOG_NAME), enabled=run.main)
+    _build(run)
+    if resume_from:
+        _restore(run, params, extra)
+    else:
+        _start_fresh(run)
+    _announce(run, info)
+    return run
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+class CheckpointManager:
+    """Writes the training state ({arch}-{epoch}_{step}.ckpt, the last ``ckpt_keep`` kept;
+    {arch}_best.ckpt apart) on rank 0, never a non-finite one, and words a divergence."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.state_names = _state_names(run.step_cell)
+        self.network_names = list(run.eval_net.parameters_dict())  # what eval/export load
+        self.kept: list[str] = [path for path, ex in list_checkpoints(run.cfg.output_dir)
+                                if not ex.get("best")] if run.main else []
+
+    @property
+    def last(self) -> str | None:
+        return self.kept[-1] if self.kept else None
+
+    def diverged(self, what: str) -> DivergedError:
+        """The error for a run that stopped at ``what``, naming the last good checkpoint."""
+        last = self.last or "none (no checkpoint was written yet)"
+        return DivergedError(f"{what}; training stopped; the last good checkpoint is {last}; "
+                             f"{resume_command(self.run.cfg, self.last)}")
+
+    def _extra(self, reason: str, best_copy: bool) -> dict:
+        run, pos = self.run, self.run.pos
+        ev = pos.last_eval
+        return {"format": CKPT_FORMAT, "epoch": pos.epoch, "epoch_step": pos.epoch_step,
+                "global_step": pos.global_step, "steps_per_epoch": run.spe,
+                "best_top1": pos.best_top1, "best_epoch": pos.best_epoch,
+                "ema": bool(run.cfg.train.ema), "arch": run.arch.to_dict(),
+                "config": to_dict(run.cfg), "reason": reason, "network": self.network_names,
+                "eval": ev if ev and ev.get("global_step") == pos.global_step else None,
+                "best": best_copy}
+
+    def _state(self) -> dict:
+        own = _by_name(self.run.step_cell)
+        state = {n: own[n].asnumpy() for n in self.state_names}
+        bad = nonfinite(state)
+        if bad:  # e.g. BN statistics that overflowed while the loss was still finite
+            pos = self.run.pos
+            self.run.runlog.write(event="stop", reason="diverged", epoch=pos.epoch,
+                                  epoch_step=pos.epoch_step, global_step=pos.global_step)
+            raise self.diverged(f"non-finite values in {len(bad)} tensors (e.g. '{bad[0]}') at "
+                                f"epoch {pos.epoch} step {pos.epoch_step} (global step "
+                                f"{pos.global_step})")
+        return state
+
+    def save(self, reason: str, best_copy: bool = False) -> str | None:
+        """Write the state; ``best_copy`` writes {arch}_best.ckpt instead. None off rank 0."""
+        run, pos = self.run, self.run.pos
+        if not run.main:
+            return None
+        state = self._state()
+        name = (f"{run.arch.name}_best.ckpt" if best_copy
+                else f"{run.arch.name}-{pos.epoch}_{pos.epoch_step}.ckpt")
+        path = run.path(name)
+        save_checkpoint(path, state, self._extra(reason, best_copy))
+        if best_copy:
+            return path
+        if path in self.kept:
+            self.kept.remove(path)
+        self.kept.append(path)
+        while len(self.kept) > run.cfg.train.ckpt_keep:
+            try:
+                os.remove(self.kept.pop(0))
+            except OSError:
+                pass
+        run.runlog.write(event="checkpoint", epoch=pos.epoch, epoch_step=pos.epoch_step,
+                         global_step=pos.global_step, ckpt=name, reason=reason)
+        return path
+
+
+class StateMonitor:
+    """Progress lines and step records every ``log_every`` steps (loss, lr, images/s, ETA),
+    the compile report once, and the epoch's summary line."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.clock = StepClock()
+        self.compile_reported = False
+        self.t_epoch = time.perf_counter()
+        self.loss_sum, self.loss_n = 0.0, 0
+
+    def epoch_begin(self) -> None:
+        self.t_epoch = time.perf_counter()
+        self.loss_sum, self.loss_n = 0.0, 0
+
+    def step_end(self, loss: float, lr: float) -> None:
+        run, pos, p = self.run, self.run.pos, self.run.cfg.train
+        self.loss_sum += loss
+        self.loss_n += 1
+        if pos.global_step % p.log_every == 0 or pos.epoch_step == run.spe or len(self.clock) == 1:
+            per_step = self.clock.per_step()
+            run.log(f"epoch {pos.epoch}/{p.epochs} step {pos.epoch_step}/{run.spe} loss "
+                    f"{loss:.4f} lr {lr:.4g} {p.batch_size / per_step:.1f} img/s ETA "
+                    f"{self.clock.eta(run.total_steps - pos.global_step)}")
+            run.runlog.write(event="step", epoch=pos.epoch, epoch_step=pos.epoch_step,
+                             global_step=pos.global_step, loss=loss, lr=lr,
+                             images_per_s=p.batch_size / per_step)
+        if not self.compile_reported and (len(self.clock) >= 6
+                                          or pos.global_step == run.total_steps):
+            self._compile_report()
+
+    def _compile_report(self) -> None:
+        """Step 1 holds the graph compile; one compiled graph means the lr never recompiled."""
+        self.compile_reported = True
+        first, rest = self.clock.first, self.clock.later
+        med = float(np.median(rest)) if rest else float("nan")
+        graphs = len(self.run.step_cell.compile_cache)
+        self.run.log(f"compile: step 1 took {first:.2f} s (graph compile + step), steps "
+                     f"2..{len(self.clock)} {med:.3f} s median; compiled training graphs: "
+                     f"{graphs}" + (" (no recompiles)" if graphs == 1 else " (RECOMPILED)"))
+        self.run.runlog.write(event="compile", global_step=self.run.pos.global_step,
+                              first_step_s=first, later_step_s=med, graphs=graphs)
+
+    def epoch_message(self) -> str:
+        pos, p = self.run.pos, self.run.cfg.train
+        return (f"epoch {pos.epoch}/{p.epochs} done in {time.perf_counter() - self.t_epoch:.1f} "
+                f"s, mean loss {self.loss_sum / max(1, self.loss_n):.4f}")
+
+    def images_per_s(self) -> float | None:
+        later = self.clock.later
+        return self.run.cfg.train.batch_size / float(np.mean(later)) if later else None
 
 
 # ----------------------------------------------------------------------------- the loop
 
-class _Stop:
-    """SIGTERM/SIGINT -> finish the current step, checkpoint, exit."""
-
-    def __init__(self):
-        self.signum = None
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def pin(self) -> None:
-        """Put our handlers back: MindSpore installs a SIGINT handler of its own (it raises
-        SIGTERM) once the first step has run."""
-        for sig in self._old:
-            signal.signal(sig, self._handle)
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+def _check_finite(run: Run, ckpt: CheckpointManager, loss: float, grads_finite: bool) -> None:
+    """A NaN/inf loss (or, without a loss scale to absorb it, an overflowed gradient) stops
+    the run before the step counts; the update was not applied."""
+    if math.isfinite(loss) and (grads_finite or run.use_scale):
+        return
+    pos = run.pos
+    run.runlog.write(event="stop", reason="diverged", epoch=pos.epoch,
+                     epoch_step=pos.epoch_step + 1, global_step=pos.global_step + 1, loss=loss)
+    raise ckpt.diverged(f"loss is {loss} (gradients {'finite' if grads_finite else 'not finite'}) "
+                        f"at epoch {pos.epoch} step {pos.epoch_step + 1} (global step "
+                        f"{pos.global_step + 1})")
 
 
-def train(cfg: TrainConfig, *, resume_from: str | None = None,
-          log: Callable[[str], None] = print) -> dict:
-    """Train ``cfg`` (optionally continuing ``resume_from``); returns a summary dict with
-    ``exit_code`` 0 when finished, 128+signal when stopped by SIGTERM/SIGINT (checkpoint saved).
-    A NaN/inf loss raises DivergedError (the last good checkpoint stays)."""
+def _stopped(run: Run, ckpt: CheckpointManager, signum: int) -> Stopped:
+    """Checkpoint where a stop signal found the run (unless the epoch's end just did)."""
+    name, pos = signal_name(signum), run.pos
+    path = ckpt.last if pos.epoch_step == run.spe and ckpt.kept else ckpt.save(name)
+    run.runlog.write(event="stop", reason=name, global_step=pos.global_step,
+                     ckpt=os.path.basename(path) if path else None)
+    return Stopped(signum, f"stopped by {name} at epoch {pos.epoch} step {pos.epoch_step}/"
+                           f"{run.spe} (global step {pos.global_step}); saved {path}; continue "
+                           f"with --resume")
+
+
+def train_epoch(run: Run, monitor: StateMonitor, ckpt: CheckpointManager,
+                stop: StopSignals) -> None:
+    """The rest of the current epoch, one compiled step per batch."""
     import mindspore as ms
 
-    from src.context import setup_context
+    p, pos = run.cfg.train, run.pos
+    data, _ = create_dataset(run.cfg, "train", epoch=pos.epoch - 1, start_batch=pos.epoch_step,
+                             shard=run.shard)
+    monitor.epoch_begin()
+    for x, y in data.create_tuple_iterator(output_numpy=True, num_epochs=1):
+        if pos.epoch_step >= run.spe:
+            break
+        lr = lr_at(p, pos.global_step, run.spe)
+        t0 = time.perf_counter()
+        loss, finite = run.step_cell(ms.Tensor(x), ms.Tensor(y), ms.Tensor(lr, ms.float32))
+        loss, finite = float(loss.asnumpy()), bool(finite.asnumpy())
+        monitor.clock.add(time.perf_counter() - t0)
+        stop.pin()
+        _check_finite(run, ckpt, loss, finite)
+        pos.epoch_step += 1
+        pos.global_step += 1
+        monitor.step_end(loss, lr)
+        if p.ckpt_every and pos.global_step % p.ckpt_every == 0 and pos.epoch_step < run.spe:
+            ckpt.save("interval")
+        if stop.agree(run.agree) is not None:  # a signal seen by one device stops all
+            break
+    if pos.epoch_step < run.spe:
+        if stop.signum is not None:
+            raise _stopped(run, ckpt, stop.signum)
+        raise HourNASError(f"the training data ran out at epoch {pos.epoch} step "
+                           f"{pos.epoch_step}/{run.spe}")
 
-    t_start = time.time()
-    p = cfg.train
-    ctx = setup_context(cfg.device_target, "graph", distributed=cfg.distributed)
-    rank, size = ctx["rank"], ctx["group_size"]
-    shard = (rank, size) if size > 1 else None
-    main = rank == 0
-    if p.batch_size % size:
-        raise ConfigError(f"train.batch_size {p.batch_size} must be divisible by the number of "
-                          f"devices ({size})")
-    amp_level = p.amp_level
-    if ctx["device_target"] == "CPU" and amp_level != "O0":
-        log(f"amp_level {amp_level} -> O0: mixed precision is not supported on CPU")
-        amp_level = "O0"
 
-    info = dataset_info(cfg.data)
-    extra_in: dict = {}
-    params_in: dict = {}
-    if resume_from:
-        params_in, extra_in = load_checkpoint(resume_from)
-        if extra_in.get("format") != CKPT_FORMAT:
-            raise CheckpointError(f"'{resume_from}' is not a training checkpoint of this project")
-        check_resumable(extra_in["config"], cfg)
-        arch = arch_of_checkpoint(extra_in, resume_from)
-        if cfg.arch and cfg.arch != extra_in["config"].get("arch"):  # same net, other path?
-            other = resolve_arch(cfg.arch, info, p)
-            if other.to_dict() != arch.to_dict():
-                raise ConfigError(f"--resume: architecture '{cfg.arch}' is not the one the run "
-                                  f"trains ('{arch.name}', stored in {resume_from}); leave "
-                                  f"--arch out or start a new run in another --output_dir")
+def validate(run: Run, ckpt: CheckpointManager) -> str:
+    """Evaluate the trained (or EMA) weights, checkpoint the epoch and the best; returns the
+    part of the epoch line that reports it."""
+    pos, p = run.pos, run.cfg.train
+    own = _by_name(run.step_cell)
+    _copy_weights(run.eval_net, {n: own[("ema." + n) if p.ema else n]
+                                 for n in run.eval_net.parameters_dict()})
+    r = evaluate(run.eval_net, run.cfg.data, p.eval_batch_size or p.batch_size, shard=run.shard)
+    pos.last_eval = {**r, "epoch": pos.epoch, "global_step": pos.global_step}
+    improved = pos.best_top1 is None or r["top1"] > pos.best_top1
+    if improved:
+        pos.best_top1, pos.best_epoch = r["top1"], pos.epoch
+    path = ckpt.save("epoch")
+    if improved:
+        ckpt.save("best", best_copy=True)
+    run.runlog.write(event="eval", epoch=pos.epoch, global_step=pos.global_step,
+                     ckpt=os.path.basename(path) if path else None,
+                     **{k: r[k] for k in ("top1", "top5", "loss", "images")})
+    if run.main:
+        plot_log(run.runlog.path, run.path(PLOT_NAME))
+    return (f"; eval top-1 {r['top1']:.2f}% top-5 {r['top5']:.2f}% loss {r['loss']:.4f} over "
+            f"{r['images']} images, {r['images_per_s']:.0f} img/s (best {pos.best_top1:.2f}% "
+            f"at epoch {pos.best_epoch})")
+
+
+def end_epoch(run: Run, monitor: StateMonitor, ckpt: CheckpointManager,
+              stop: StopSignals) -> None:
+    """Validate every ``val_interval`` epochs and after the last, checkpoint, report."""
+    p, pos = run.cfg.train, run.pos
+    msg = monitor.epoch_message()
+    if pos.epoch % p.val_interval == 0 or pos.epoch == p.epochs:
+        msg += validate(run, ckpt)
     else:
-        if not cfg.arch:
-            raise ConfigError("no architecture: give --arch FILE (e.g. config/arch/fbnet_b.yaml or "
-                              "a search result) or 'arch:' in the config")
-        arch = resolve_arch(cfg.arch, info, p, log)
+        ckpt.save("epoch")
+    run.log(msg)
+    if stop.agree(run.agree) is not None:
+        raise _stopped(run, ckpt, stop.signum)
 
-    spe = steps_per_epoch(cfg, shard)
-    total_steps = p.epochs * spe
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    runlog = RunLog(os.path.join(cfg.output_dir, LOG_NAME), enabled=main)
-    ms.set_seed(p.seed)
-    net = create_model(arch)
-    if p.sync_bn and size > 1:
-        if ctx["device_target"] == "CPU":
-            raise ConfigError("train.sync_bn needs GPU or Ascend (MindSpore's SyncBatchNorm has "
-                              "no CPU kernel); set train.sync_bn=false on CPU")
-        log(f"sync_bn: {use_sync_batchnorm(net)} BatchNorm layers normalise over the global batch")
-    if amp_level != "O0":
-        net = ms.amp.auto_mixed_precision(net, amp_level)
-    opt = create_optimizer(net, p)
-    use_scale = amp_level != "O0"
-    step_cell = TrainStep(net, create_loss(p), opt, loss_scale=p.loss_scale if use_scale else 1.0,
-                          dynamic=use_scale and p.dynamic_loss_scale,
-                          ema_decay=p.ema_decay if p.ema else None)
-    step_cell.set_train()
-    eval_net = create_model(arch)
-    eval_net.set_train(False)
-    eval_batch = p.eval_batch_size or p.batch_size
 
-    state_names = [n for n in _by_name(step_cell) if n != "learning_rate"]
-    network_names = list(eval_net.parameters_dict())  # the weights eval/export load
-    if resume_from:
-        own = _by_name(step_cell)
-        check_fit(f"checkpoint '{resume_from}'", {n: tuple(v.shape) for n, v in params_in.items()},
-                  {n: tuple(own[n].shape) for n in state_names})
-        not_loaded, _ = ms.load_param_into_net(step_cell, params_in, strict_load=True)
-        not_loaded = [n for n in not_loaded if n != "learning_rate"]  # set every step
-        if not_loaded:
-            raise CheckpointError(f"checkpoint '{resume_from}' did not load: {not_loaded[:3]}")
-        epoch, epoch_step = int(extra_in["epoch"]), int(extra_in["epoch_step"])
-        global_step = int(extra_in["global_step"])
-        if int(extra_in["steps_per_epoch"]) != spe:
-            raise ConfigError(f"--resume: the run had {extra_in['steps_per_epoch']} steps per epoch, "
-                              f"this configuration gives {spe}")
-        best = {"top1": extra_in.get("best_top1"), "epoch": extra_in.get("best_epoch")}
-        if epoch_step >= spe:
-            epoch, epoch_step = epoch + 1, 0
-        runlog.reset(keep_until_step=global_step)
-        log(f"resumed from {resume_from}: epoch {epoch}, step {epoch_step}/{spe} "
-            f"(global step {global_step})")
-        was, now = flatten(extra_in["config"]), flatten(to_dict(cfg))
-        changed = {k: (was.get(k), now.get(k)) for k in RESUME_LR_KEYS if was.get(k) != now.get(k)}
-        if changed:
-            log("learning rate changed on resume: " + ", ".join(
-                f"{k} {a:g} -> {b:g}" if isinstance(a, (int, float)) and isinstance(b, (int, float))
-                else f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
-                + f"; the schedule continues at global step {global_step} with the new values")
-        runlog.write(event="resume", global_step=global_step, ckpt=os.path.basename(resume_from),
-                     **({"lr_changed": {k: list(v) for k, v in changed.items()}} if changed else {}))
-    else:
-        existing = [pe for pe in list_checkpoints(cfg.output_dir) if main]
-        if existing:
-            raise CheckpointError(f"'{cfg.output_dir}' already holds training checkpoints (e.g. "
-                                  f"{os.path.basename(existing[-1][0])}); add --resume to continue "
-                                  f"that run, or choose another --output_dir")
-        epoch, epoch_step, global_step = 1, 0, 0
-        best = {"top1": None, "epoch": None}
-        runlog.reset()
-    if main:
-        save_config(cfg, os.path.join(cfg.output_dir, CONFIG_NAME))
-        from src.space.space import arch_to_yaml
-        atomic_write_text(os.path.join(cfg.output_dir, ARCH_NAME), arch_to_yaml(arch))
-    from src.resource import count
-    counts = count(arch)
-    n_params = sum(int(q.size) for q in net.trainable_params())
-    log(f"training {arch.name}: {n_params / 1e6:.2f}M params, {counts['flops'] / 1e6:.1f}M FLOPs "
-        f"at {arch.input_size}x{arch.input_size}; {info.name}: {info.train_size} train / "
-        f"{info.eval_size} eval images; {p.epochs} epochs x {spe} steps of {p.batch_size} "
-        f"(peak lr {p.peak_lr:g}); device {ctx['device_target']}"
-        + (f", {size} devices" if size > 1 else ""))
-    runlog.write(event="start", global_step=global_step, arch=arch.name, params=n_params,
-                 flops=counts["flops"], epochs=p.epochs, steps_per_epoch=spe,
-                 batch_size=p.batch_size, peak_lr=p.peak_lr, resumed=bool(resume_from))
-
-    kept: list[str] = [path for path, ex in list_checkpoints(cfg.output_dir)
-                       if not ex.get("best")] if main else []
-    last_eval: dict | None = None
-
-    def save(reason: str, best_copy: bool = False) -> str | None:
-        """Write the training state; ``best_copy`` writes {arch}_best.ckpt instead."""
-        if not main:
-            return None
-        extra = {"format": CKPT_FORMAT, "epoch": epoch, "epoch_step": epoch_step,
-                 "global_step": global_step, "steps_per_epoch": spe, "best_top1": best["top1"],
-                 "best_epoch": best["epoch"], "ema": bool(p.ema), "arch": arch.to_dict(),
-                 "config": to_dict(cfg), "reason": reason,
-                 "network": network_names,
-                 "eval": last_eval if last_eval and last_eval.get("global_step") == global_step
-                 else None, "best": best_copy}
-        own = _by_name(step_cell)
-        state = {n: own[n].asnumpy() for n in state_names}
-        bad = [n for n, a in state.items() if not np.isfinite(a).all()]
-        if bad:  # e.g. BN statistics that overflowed while the loss was still finite
-            last = kept[-1] if kept else "none (no checkpoint was written yet)"
-            runlog.write(event="stop", reason="diverged", epoch=epoch, epoch_step=epoch_step,
-                         global_step=global_step)
-            raise DivergedError(
-                f"non-finite values in {len(bad)} tensors (e.g. '{bad[0]}') at epoch {epoch} "
-                f"step {epoch_step} (global step {global_step}); training stopped; the last good "
-                f"checkpoint is {last}; {resume_command(cfg, kept[-1] if kept else None)}")
-        name = f"{arch.name}_best.ckpt" if best_copy else f"{arch.name}-{epoch}_{epoch_step}.ckpt"
-        path = os.path.join(cfg.output_dir, name)
-        save_checkpoint(path, state, extra)
-        if best_copy:
-            return path
-        if path in kept:
-            kept.remove(path)
-        kept.append(path)
-        while len(kept) > p.ckpt_keep:
-            old = kept.pop(0)
-            try:
-                os.remove(old)
-            except OSError:
-                pass
-        runlog.write(event="checkpoint", epoch=epoch, epoch_step=epoch_step,
-                     global_step=global_step, ckpt=name, reason=reason)
-        return path
-
-    def run_eval() -> dict:
-        nonlocal last_eval
-        own = _by_name(step_cell)
-        src = {n: own[("ema." + n) if p.ema else n] for n in eval_net.parameters_dict()}
-        _copy_weights(eval_net, src)
-        r = evaluate(eval_net, cfg.data, eval_batch, shard=shard)
-        last_eval = {**r, "epoch": epoch, "global_step": global_step}
-        return r
-
-    def stopped(signum: int) -> dict:
-        name = signal.Signals(signum).name
-        path = kept[-1] if epoch_step == spe and kept else save(name)
-        log(f"stopped by {name} at epoch {epoch} step {epoch_step}/{spe} (global step "
-            f"{global_step}); saved {path}; continue with --resume")
-        runlog.write(event="stop", reason=name, global_step=global_step,
-                     ckpt=os.path.basename(path) if path else None)
-        return {"exit_code": 128 + signum, "global_step": global_step, "ckpt": path,
-                "stopped_by": name}
-
-    t_steps: list[float] = []   # wall time of every step of this process
-    compile_reported = False
-    with _Stop() as stop:
-        while epoch <= p.epochs:
-            data, _ = create_dataset(cfg, "train", epoch=epoch - 1, start_batch=epoch_step,
-                                     shard=shard)
-            t_epoch = time.perf_counter()
-            loss_acc, loss_n = 0.0, 0
-            for x, y in data.create_tuple_iterator(output_numpy=True, num_epochs=1):
-                if epoch_step >= spe:
-                    break
-                lr_now = lr_at(p, global_step, spe)
-                t0 = time.perf_counter()
-                loss, finite = step_cell(ms.Tensor(x), ms.Tensor(y), ms.Tensor(lr_now, ms.float32))
-                loss_v = float(loss.asnumpy())
-                finite_v = bool(finite.asnumpy())
-                t_steps.append(time.perf_counter() - t0)
-                stop.pin()
-                if not math.isfinite(loss_v) or (not finite_v and not use_scale):
-                    last = kept[-1] if kept else "none (no checkpoint was written yet)"
-                    runlog.write(event="stop", reason="diverged", epoch=epoch,
-                                 epoch_step=epoch_step + 1, global_step=global_step + 1,
-                                 loss=loss_v)
-                    raise DivergedError(
-                        f"loss is {loss_v} (gradients {'finite' if finite_v else 'not finite'}) "
-                        f"at epoch {epoch} step {epoch_step + 1} (global step {global_step + 1}); "
-                        f"training stopped; the last good checkpoint is {last}; "
-                        f"{resume_command(cfg, kept[-1] if kept else None)}")
-                epoch_step += 1
-                global_step += 1
-                loss_acc += loss_v
-                loss_n += 1
-                if global_step % p.log_every == 0 or epoch_step == spe or len(t_steps) == 1:
-                    later = t_steps[1:]
-                    per_step = float(np.mean(later[-50:])) if later else t_steps[0]
-                    eta = _fmt_time(per_step * (total_steps - global_step)) if later \
-                        else "after compile"
-                    log(f"epoch {epoch}/{p.epochs} step {epoch_step}/{spe} loss {loss_v:.4f} "
-                        f"lr {lr_now:.4g} {p.batch_size / per_step:.1f} img/s ETA {eta}")
-                    runlog.write(event="step", epoch=epoch, epoch_step=epoch_step,
-                                 global_step=global_step, loss=loss_v, lr=lr_now,
-                                 images_per_s=p.batch_size / per_step)
-                if not compile_reported and (len(t_steps) >= 6 or global_step == total_steps):
-                    compile_reported = True
-                    first, rest = t_steps[0], t_steps[1:]
-                    med = float(np.median(rest)) if rest else float("nan")
-                    graphs = len(step_cell.compile_cache)
-                    log(f"compile: step 1 took {first:.2f} s (graph compile + step), steps "
-                        f"2..{len(t_steps)} {med:.3f} s median; compiled training graphs: "
-                        f"{graphs}" + (" (no recompiles)" if graphs == 1 else " (RECOMPILED)"))
-                    runlog.write(event="compile", global_step=global_step, first_step_s=first,
-                                 later_step_s=med, graphs=graphs)
-                if p.ckpt_every and global_step % p.ckpt_every == 0 and epoch_step < spe:
-                    save("interval")
-                if size > 1:  # a signal seen by one device stops all after this step
-                    stop.signum = agree_stop(stop.signum)
-                if stop.signum is not None:
-                    break
-            if epoch_step < spe:
-                if stop.signum is not None:
-                    return stopped(stop.signum)
-                raise HourNASError(f"the training data ran out at epoch {epoch} step "
-                                   f"{epoch_step}/{spe}")
-            # end of epoch: validate, checkpoint
-            msg = (f"epoch {epoch}/{p.epochs} done in {time.perf_counter() - t_epoch:.1f} s, "
-                   f"mean loss {loss_acc / max(1, loss_n):.4f}")
-            if epoch % p.val_interval == 0 or epoch == p.epochs:
-                r = run_eval()
-                improved = best["top1"] is None or r["top1"] > best["top1"]
-                if improved:
-                    best = {"top1": r["top1"], "epoch": epoch}
-                msg += (f"; eval top-1 {r['top1']:.2f}% top-5 {r['top5']:.2f}% loss "
-                        f"{r['loss']:.4f} over {r['images']} images, {r['images_per_s']:.0f} "
-                        f"img/s (best {best['top1']:.2f}% at epoch {best['epoch']})")
-                path = save("epoch")
-                if improved:
-                    save("best", best_copy=True)
-                runlog.write(event="eval", epoch=epoch, global_step=global_step,
-                             ckpt=os.path.basename(path) if path else None,
-                             **{k: r[k] for k in ("top1", "top5", "loss", "images")})
-                if main:
-                    plot_log(runlog.path, os.path.join(cfg.output_dir, PLOT_NAME))
-            else:
-                save("epoch")
-            log(msg)
-            if size > 1:
-                stop.signum = agree_stop(stop.signum)
-            if stop.signum is not None:
-                return stopped(stop.signum)
-            if epoch == p.epochs:
-                break
-            epoch += 1
-            epoch_step = 0
-    wall = time.time() - t_start
-    later = t_steps[1:]
-    summary = {"exit_code": 0, "arch": arch.name, "epochs": p.epochs, "global_step": global_step,
-               "best_top1": best["top1"], "best_epoch": best["epoch"],
-               "last": last_eval, "ckpt": kept[-1] if kept else None,
-               "best_ckpt": os.path.join(cfg.output_dir, f"{arch.name}_best.ckpt"),
-               "wall_s": wall, "rank": rank, "devices": size,
-               "weights_sha256": params_digest(net.trainable_params()),
-               "train_images_per_s": (p.batch_size / float(np.mean(later))) if later else None,
-               "output_dir": cfg.output_dir}
-    runlog.write(event="done", global_step=global_step, wall_s=wall, best_top1=best["top1"])
-    log(f"done in {_fmt_time(wall)}: best top-1 {best['top1']:.2f}% (epoch {best['epoch']}); "
-        f"outputs in {cfg.output_dir}")
+def _summary(run: Run, monitor: StateMonitor, ckpt: CheckpointManager, wall: float) -> dict:
+    pos, p = run.pos, run.cfg.train
+    summary = {"exit_code": 0, "arch": run.arch.name, "epochs": p.epochs,
+               "global_step": pos.global_step, "best_top1": pos.best_top1,
+               "best_epoch": pos.best_epoch, "last": pos.last_eval, "ckpt": ckpt.last,
+               "best_ckpt": run.path(f"{run.arch.name}_best.ckpt"), "wall_s": wall,
+               "rank": run.rank, "devices": run.size,
+               "weights_sha256": params_digest(run.net.trainable_params()),
+               "train_images_per_s": monitor.images_per_s(), "output_dir": run.cfg.output_dir}
+    run.runlog.write(event="done", global_step=pos.global_step, wall_s=wall,
+                     best_top1=pos.best_top1)
+    run.log(f"done in {hms(wall)}: best top-1 {pos.best_top1:.2f}% (epoch {pos.best_epoch}); "
+            f"outputs in {run.cfg.output_dir}")
     return summary
+
+
+def train(cfg: TrainConfig, facts: dict, *, resume_from: str | None = None,
+          log: Callable[[str], None] = print) -> dict:
+    """Train ``cfg`` (continuing ``resume_from`` if given) on the device the entry point set
+    up (``facts``: ``src.context.setup_context(..., "graph")``'s; the seed is the entry
+    point's too: ``src.context.set_seed(cfg.train.seed)``). Returns a summary (``exit_code``
+    0). SIGTERM/SIGINT: the step ends, a checkpoint is written and ``Stopped`` is raised
+    (the entry point exits 128 + signum). A NaN/inf loss raises DivergedError (the last good
+    checkpoint stays)."""
+    t_start = time.time()
+    run = prepare_run(cfg, facts, resume_from, log)
+    ckpt, monitor = CheckpointManager(run), StateMonitor(run)
+    with StopSignals() as stop:
+        while run.pos.epoch <= cfg.train.epochs:
+            train_epoch(run, monitor, ckpt, stop)
+            end_epoch(run, monitor, ckpt, stop)
+            if run.pos.epoch == cfg.train.epochs:
+                break
+            run.pos.epoch += 1
+            run.pos.epoch_step = 0
+    return _summary(run, monitor, ckpt, time.time() - t_start)

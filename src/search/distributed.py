@@ -15,11 +15,12 @@ parameters, so a run shows that the ranks agreed.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 import numpy as np
+
+from src.runlog import digest, params_digest
 
 RANK_LOG = "search_paths_rank{rank}.jsonl"
 
@@ -81,22 +82,10 @@ class GradMean:
         self._allreduce(ms.Tensor(np.zeros((1,), np.float32))).asnumpy()
 
 
-def digest(arrays) -> str:
-    """sha256 over (name, array) pairs (sorted by name): equal digests, bit-identical values."""
-    h = hashlib.sha256()
-    for name, a in sorted(arrays, key=lambda kv: kv[0]):
-        a = np.ascontiguousarray(a)
-        h.update(name.encode())
-        h.update(str(a.dtype).encode() + str(a.shape).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
 def weights_digest(net) -> str:
     """Digest of the trained weights (what the gradient mean keeps equal on every rank).
     BatchNorm's running statistics are left out: each rank keeps its own (see
     docs/distributed.md)."""
-    from src.context import params_digest
     return params_digest(net.trainable_params())
 
 

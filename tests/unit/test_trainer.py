@@ -131,7 +131,8 @@ def test_step_skips_non_finite_updates_halves_the_scale_and_keeps_an_ema():
 
     from src.context import setup_context
     from src.space.space import arch_from_dict
-    from src.trainer import TrainStep, create_loss, create_optimizer
+    from src.train_step import TrainStep
+    from src.trainer import create_loss, create_optimizer
 
     setup_context("CPU", "graph")
     arch = arch_from_dict(dict(name="t", input_size=8, num_classes=3, stem={"c": 4, "k": 3, "s": 1},
