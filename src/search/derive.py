@@ -94,3 +94,45 @@ def derive(log_probs: np.ndarray, table: ResourceTable, targets: dict[str, float
             return Derived(ch, sc, c, f"beam (no architecture within ±{tol:.0%}; "
                            f"best within ±{wider:.0%})", False)
     return Derived(choices, score, cost, "argmax (no architecture near the targets)", False)
+
+
+def derive_from_distributions(pi: np.ndarray | None, probs: np.ndarray, table: ResourceTable,
+                              targets: dict[str, float], tol: float,
+                              beam: int = 256) -> tuple[Derived, int | None]:
+    """Algorithm 1, line 23: the most probable proposal (arg-max of π; stage 1 only: θ) and
+    in it the most probable op per layer (``derive``); if that proposal cannot meet the
+    targets, the others in the order of π. Returns the derivation and the proposal taken."""
+    if pi is None:
+        return derive(np.log(probs + 1e-12), table, targets, tol, beam), None
+    j = int(np.argmax(pi))
+    d = derive(np.log(probs[j] + 1e-12), table, targets, tol, beam)
+    if not d.within:
+        for jj in np.argsort(-pi):
+            dd = derive(np.log(probs[jj] + 1e-12), table, targets, tol, beam)
+            if dd.within:
+                d, j = dd, int(jj)
+                d.method += f" (proposal {j})"
+                break
+    return d, j
+
+
+def ranked_choices(log_probs: np.ndarray, limit: int):
+    """Choices in decreasing probability (best-first over a product of per-row orders)."""
+    import heapq
+    order = np.argsort(-log_probs, axis=1)
+    rows = log_probs.shape[0]
+    start = (0,) * rows
+    score = lambda r: float(sum(log_probs[i, order[i, r[i]]] for i in range(rows)))  # noqa: E731
+    heap = [(-score(start), start)]
+    seen = {start}
+    n = 0
+    while heap and n < limit:
+        _, ranks = heapq.heappop(heap)
+        n += 1
+        yield [int(order[i, ranks[i]]) for i in range(rows)]
+        for i in range(rows):
+            if ranks[i] + 1 < log_probs.shape[1]:
+                nxt = ranks[:i] + (ranks[i] + 1,) + ranks[i + 1:]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    heapq.heappush(heap, (-score(nxt), nxt))

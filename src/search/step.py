@@ -9,11 +9,18 @@
   one a device uses by default, and why.
 * ``allpath``: FBNet-style; every candidate runs, weighted by Gumbel-softmax (Table 5 ablation).
 
+Every executor has the same two steps, ``weight_step(x, y, sample, lr)`` and
+``arch_step(x, y, sample)``, where ``sample`` is a ``PathSample`` (``sample_path``: host
+Gumbel noise, τ and the path it picks); the loop (``src.search.loop.bilevel_loop``) does not
+know which executor runs.
+
 Architecture parameters (θ in stage 1; Π and Θ in stage 2) live apart from the weights
 (``arch_*``) and are updated with Adam on the host: they are a few hundred numbers, and a host
 update resumes bit-exactly.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import mindspore as ms
 import mindspore.nn as nn
@@ -21,7 +28,7 @@ import mindspore.ops as ops
 import numpy as np
 
 from src.proposal import ensemble_sample
-from src.sampler import get_sampler
+from src.sampler import GumbelNoise, get_sampler
 from src.supernet import Supernet
 
 EPS = 1e-8
@@ -192,9 +199,48 @@ def _accuracy(logits, y) -> float:
     return float((logits.argmax(axis=1) == y).astype(ms.float32).mean().asnumpy())
 
 
+@dataclass
+class PathSample:
+    """One draw of an architecture A = G(θ) (Eq. 4; in stage 2 from Π and Θ, Eqs. 8-9): the
+    Gumbel noise, τ, and the path it picks on the host, argmax(θ/τ + g) per layer (the
+    proposal j first in stage 2). Both steps of an iteration take one, each its own draw."""
+
+    g_theta: np.ndarray
+    g_pi: np.ndarray | None
+    tau: float
+    proposal: int | None
+    indices: list[int]
+
+
+def sample_path(arch: ArchParams, noise: GumbelNoise, tau: float) -> PathSample:
+    """Draw fresh noise from the host generator (θ's, then Π's) and the path it picks."""
+    th_shape, pi_shape = arch.noise_shapes
+    g_theta = noise.sample(th_shape)
+    g_pi = noise.sample(pi_shape) if pi_shape else None
+    proposal, indices = arch.host_path(g_theta, g_pi, tau)
+    return PathSample(g_theta, g_pi, tau, proposal, indices)
+
+
+@dataclass
+class StepResult:
+    """What a step reports: its loss and accuracy; an architecture step also its CE, the
+    resource term T and the gradients of θ (and Π) as host arrays, averaged over ranks."""
+
+    loss: float
+    acc: float
+    ce: float | None = None
+    reg: float | None = None
+    grads: dict | None = None
+
+
 class Executor:
-    """One interface: ``weight_step`` (SGD on the path's weights, train split) and
-    ``arch_step`` (gradient of CE + α·T for the architecture parameters, val split)."""
+    """One signature for both steps of an iteration, whatever runs the supernet:
+
+    * ``weight_step(x, y, sample, lr)``: SGD on the weights of the path ``sample`` picks
+      (all-path: of every candidate, weighted by the soft sample), on a batch of the 80% split;
+    * ``arch_step(x, y, sample)``: the gradient of CE + α·T for θ (Π, Θ), on a batch of the
+      20% split; the host optimizer applies it.
+    """
 
     name = "base"
 
@@ -225,7 +271,7 @@ class _HostPathExecutor(Executor):
     def run_net(self, x, a, indices):
         raise NotImplementedError
 
-    def _weight_update(self, x, y, params: list, a, indices) -> tuple[float, float]:
+    def _weight_update(self, x, y, params: list, a, indices):
         net_fn, loss_fn = self.run_net, self.loss_fn
 
         def forward(xb, yb):
@@ -237,11 +283,12 @@ class _HostPathExecutor(Executor):
             grads = self.grad_mean.tensors(grads)
         return loss, logits, grads
 
-    def arch_step(self, x, y, g_theta, g_pi, tau: float, indices=None):
+    def arch_step(self, x, y, sample: PathSample) -> StepResult:
         arch, loss_fn, alpha, net_fn = self.arch, self.loss_fn, self.alpha, self.run_net
-        gt = ms.Tensor(g_theta)
-        gp = ms.Tensor(g_pi) if g_pi is not None else None
-        tau_t = ms.Tensor(tau, ms.float32)
+        gt = ms.Tensor(sample.g_theta)
+        gp = ms.Tensor(sample.g_pi) if sample.g_pi is not None else None
+        tau_t = ms.Tensor(sample.tau, ms.float32)
+        indices = sample.indices
 
         def forward(xb, yb):
             a = arch(gt, gp, tau_t)
@@ -252,7 +299,12 @@ class _HostPathExecutor(Executor):
 
         (loss, (ce, r, logits)), grads = ms.value_and_grad(
             forward, None, arch.params(), has_aux=True)(x, y)
-        return _arch_result(arch, loss, ce, r, logits, y, grads)
+        names = ["theta"] + (["pi"] if arch.use_proposals else [])
+        host_grads = {n: g.asnumpy() for n, g in zip(names, grads)}
+        if self.grad_mean is not None:
+            host_grads = self.grad_mean.arrays(host_grads)
+        return StepResult(float(loss.asnumpy()), _accuracy(logits, y), float(ce.asnumpy()),
+                          float(r.asnumpy()), host_grads)
 
 
 class EagerExecutor(_HostPathExecutor):
@@ -270,14 +322,14 @@ class EagerExecutor(_HostPathExecutor):
     def run_net(self, x, a, indices):
         return self.net.forward_path(x, a, indices)
 
-    def weight_step(self, x, y, indices: list[int], lr: float) -> tuple[float, float]:
-        groups = self.path_groups(indices)
+    def weight_step(self, x, y, sample: PathSample, lr: float) -> StepResult:
+        groups = self.path_groups(sample.indices)
         params = [p for group in groups for p in group]
         # a = None: the sampled ops' outputs are not scaled (the one-hot's 1 would not change
         # a bit); the weights' gradients are those of the path alone.
-        loss, logits, grads = self._weight_update(x, y, params, None, indices)
+        loss, logits, grads = self._weight_update(x, y, params, None, sample.indices)
         self.sgd.step(groups, grads, lr)
-        return float(loss.asnumpy()), _accuracy(logits, y)
+        return StepResult(float(loss.asnumpy()), _accuracy(logits, y))
 
 
 class GraphExecutor(EagerExecutor):
@@ -292,26 +344,22 @@ class GraphExecutor(EagerExecutor):
 
 
 class AllPathExecutor(_HostPathExecutor):
-    """FBNet-style: all candidates run, weighted by Gumbel-softmax samples."""
+    """FBNet-style: all candidates run, weighted by the soft sample (Gumbel-softmax)."""
 
     name = "allpath"
 
     def run_net(self, x, a, indices=None):
         return self.net.forward_all(x, a)
 
-    def weight_step(self, x, y, a_weights: np.ndarray, lr: float) -> tuple[float, float]:
+    def weight_step(self, x, y, sample: PathSample, lr: float) -> StepResult:
         params = list(self.net.trainable_params())
+        gp = ms.Tensor(sample.g_pi) if sample.g_pi is not None else None
+        a_weights = self.arch(ms.Tensor(sample.g_theta), gp,
+                              ms.Tensor(sample.tau, ms.float32)).asnumpy()
         a = ms.Tensor(a_weights.astype(np.float32))
         loss, logits, grads = self._weight_update(x, y, params, a, None)
         self.sgd.step([params], grads, lr)
-        return float(loss.asnumpy()), _accuracy(logits, y)
-
-
-def _arch_result(arch: ArchParams, loss, ce, r, logits, y, grads) -> dict:
-    names = ["theta"] + (["pi"] if arch.use_proposals else [])
-    return {"loss": float(loss.asnumpy()), "ce": float(ce.asnumpy()),
-            "reg": float(r.asnumpy()), "acc": _accuracy(logits, y),
-            "grads": {n: g.asnumpy() for n, g in zip(names, grads)}}
+        return StepResult(float(loss.asnumpy()), _accuracy(logits, y))
 
 
 EXECUTORS = {"eager": EagerExecutor, "graph": GraphExecutor, "allpath": AllPathExecutor}

@@ -4,7 +4,8 @@ import pytest
 import mindspore as ms
 
 from src.context import setup_context
-from src.search.step import ArchParams, EagerExecutor, GraphExecutor, AllPathExecutor, SparseSGD
+from src.search.step import (AllPathExecutor, ArchParams, EagerExecutor, GraphExecutor, PathSample,
+                             SparseSGD)
 from src.space.space import space_from_dict
 from src.supernet import Supernet
 
@@ -28,6 +29,11 @@ def _setup(executor_cls, sampler="gumbel_max"):
     return space, net, arch, sgd, executor_cls(net, arch, sgd)
 
 
+def _path(indices, g_theta=None, tau=1.0):
+    """A PathSample for a given path (the executors' one argument for what to run)."""
+    return PathSample(g_theta, None, tau, None, list(indices))
+
+
 def _batch(seed=0):
     rng = np.random.default_rng(seed)
     x = ms.Tensor(rng.standard_normal((4, 3, 16, 16)).astype(np.float32))
@@ -47,10 +53,10 @@ def _moved(before, net):
 def test_only_sampled_ops_move(executor_cls):
     space, net, arch, sgd, ex = _setup(executor_cls)
     x, y = _batch()
-    ex.weight_step(x, y, [0, 1, 0], lr=0.1)   # momentum now non-zero for these candidates
+    ex.weight_step(x, y, _path([0, 1, 0]), lr=0.1)   # momentum now non-zero for these candidates
     before = _snapshot(net)
-    loss, acc = ex.weight_step(x, y, [1, 0, 1], lr=0.1)
-    assert np.isfinite(loss) and 0.0 <= acc <= 1.0
+    res = ex.weight_step(x, y, _path([1, 0, 1]), lr=0.1)
+    assert np.isfinite(res.loss) and 0.0 <= res.acc <= 1.0
     moved = _moved(before, net)
     sampled = [f"layers.0.candidates.1.", "layers.1.candidates.0.", "layers.2.candidates.1."]
     unsampled = ["layers.0.candidates.0.", "layers.1.candidates.1.", "layers.2.candidates.0."]
@@ -67,10 +73,10 @@ def test_arch_gradient_reaches_theta(executor_cls):
     x, y = _batch(1)
     g = np.random.default_rng(0).gumbel(size=(3, 3)).astype(np.float32)
     _, idx = arch.host_path(g, None, 1.0)
-    res = ex.arch_step(x, y, g, None, 1.0, idx)
-    grad = res["grads"]["theta"]
+    res = ex.arch_step(x, y, _path(idx, g, 1.0))
+    grad = res.grads["theta"]
     assert grad.shape == (3, 3) and np.abs(grad).sum() > 0
-    assert np.isfinite(res["loss"])
+    assert np.isfinite(res.loss)
 
 
 def _state(net, sgd):
@@ -89,11 +95,11 @@ def test_graph_and_eager_are_bit_identical():
         losses, grads = [], []
         for k, path in enumerate(paths):
             x, y = _batch(10 + k)
-            losses.append(ex.weight_step(x, y, path, lr=0.05)[0])
+            losses.append(ex.weight_step(x, y, _path(path), lr=0.05).loss)
             g = np.random.default_rng(k).gumbel(size=(3, 3)).astype(np.float32)
-            res = ex.arch_step(x, y, g, None, 2.0, path)
-            grads.append(res["grads"]["theta"])
-            losses.append(res["loss"])
+            res = ex.arch_step(x, y, _path(path, g, 2.0))
+            grads.append(res.grads["theta"])
+            losses.append(res.loss)
         runs.append((losses, grads, _state(net, sgd)))
     (l0, g0, s0), (l1, g1, s1) = runs
     assert l0 == l1
@@ -146,8 +152,8 @@ def test_all_path_moves_every_candidate():
     space, net, arch, sgd, ex = _setup(AllPathExecutor, sampler="gumbel_softmax")
     x, y = _batch(3)
     before = _snapshot(net)
-    a = np.full((3, 3), 1 / 3, np.float32)
-    ex.weight_step(x, y, a, lr=0.1)
+    # θ = 0 and no noise: the soft sample weights every candidate 1/3
+    ex.weight_step(x, y, _path([0, 0, 0], np.zeros((3, 3), np.float32)), lr=0.1)
     moved = _moved(before, net)
     for k in range(3):
         for o in range(2):  # op 2 is skip (no weights in layers 0, 1; a projection in layer 2)
@@ -182,3 +188,19 @@ def test_stage2_arch_params_follow_eqs_8_9():
     assert np.abs(g_pi).sum() > 0
     assert np.abs(g_theta[j]).sum() > 0
     assert all(np.abs(g_theta[i]).sum() == 0 for i in range(m) if i != j)
+
+
+def test_sample_path_draws_theta_then_pi_noise_and_picks_the_host_path():
+    """Both steps of an iteration draw through ``sample_path``: θ's noise, then Π's, from the
+    one host generator (the order a resumed run replays), and the path ``host_path`` picks."""
+    from src.sampler import GumbelNoise
+    from src.search.step import sample_path
+
+    rng = np.random.default_rng(2)
+    arch = ArchParams(3, 3, proposals=rng.standard_normal((4, 3, 3)).astype(np.float32))
+    sample = sample_path(arch, GumbelNoise(7), 0.5)
+    ref = GumbelNoise(7)
+    np.testing.assert_array_equal(sample.g_theta, ref.sample((4, 3, 3)))
+    np.testing.assert_array_equal(sample.g_pi, ref.sample((4,)))
+    assert (sample.proposal, sample.indices) == arch.host_path(sample.g_theta, sample.g_pi, 0.5)
+    assert sample.tau == 0.5
