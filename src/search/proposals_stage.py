@@ -67,22 +67,9 @@ def run_proposals_stage(cfg: SearchConfig, output_dir: str) -> dict:
         log(f"  tau {r['tau']:g}: within ±5% " + ", ".join(
             f"{k} {v['within_5pct']:.1%}" for k, v in r["objectives"].items())
             + f", all {r['all']['within_5pct']:.1%}")
-    best = props.argmax_choices()
-    argmax = []
-    for j, choices in enumerate(best):
-        arch = space.arch([int(c) for c in choices])
-        argmax.append({"proposal": j,
-                       "ops": [format_op(space.layers[i].ops[int(c)])
-                               for i, c in zip(table.layers, choices)],
-                       "blocks": arch.block_strings(),
-                       "cost": table.cost(_one_hot(choices, table))})
+    argmax = argmax_architectures(props, space, table)
     final = reports[-1]
-    if final["argmax"]["all_within_5pct"] < 0.5:
-        med = {k: float(np.median(v)) for k, v in final["argmax"]["relative_error"].items()}
-        log("warning: most proposals' arg-max architectures miss a target by more than 5% "
-            "(median relative error " + ", ".join(f"{k} {v:+.1%}" for k, v in med.items())
-            + "): each target is inside its range, but together they may not be reachable "
-              "in this space")
+    _warn_if_argmax_misses(final)
     report = {"space": space.name, "layers": [space.layers[i].label for i in table.layers],
               "targets": targets, "feasible_range": ranges,
               "solve_seconds": props.solve_seconds, "settings": props.settings,
@@ -107,6 +94,28 @@ def run_proposals_stage(cfg: SearchConfig, output_dir: str) -> dict:
         "diversity": final["diversity"],
         "files": {k: path(k) for k in FILES},
     }
+
+
+def argmax_architectures(props, space: Space, table: ResourceTable) -> list[dict]:
+    """Each proposal's most probable architecture: its ops, block strings and cost."""
+    out = []
+    for j, choices in enumerate(props.argmax_choices()):
+        arch = space.arch([int(c) for c in choices])
+        out.append({"proposal": j,
+                    "ops": [format_op(space.layers[i].ops[int(c)])
+                            for i, c in zip(table.layers, choices)],
+                    "blocks": arch.block_strings(),
+                    "cost": table.cost(_one_hot(choices, table))})
+    return out
+
+
+def _warn_if_argmax_misses(final: dict) -> None:
+    if final["argmax"]["all_within_5pct"] < 0.5:
+        med = {k: float(np.median(v)) for k, v in final["argmax"]["relative_error"].items()}
+        log("warning: most proposals' arg-max architectures miss a target by more than 5% "
+            "(median relative error " + ", ".join(f"{k} {v:+.1%}" for k, v in med.items())
+            + "): each target is inside its range, but together they may not be reachable "
+              "in this space")
 
 
 def _one_hot(choices, table: ResourceTable):
