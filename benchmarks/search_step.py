@@ -102,7 +102,7 @@ def mindspore_worker(args) -> int:
             paths = range(num_ops) if name == "graph" else range(1)
             zero = np.zeros((len(searched), num_ops), np.float32)
             for o in paths:
-                _one_step(ex, name, [o] * len(searched), zero)
+                _one_step(ex, [o] * len(searched), zero)
                 if name == "graph" and rss_gb() > args.max_rss_gb:  # they keep their memory
                     raise MemoryError(
                         f"{name}: {rss_gb():.1f} GiB resident after compiling {o + 1} of "
@@ -122,20 +122,17 @@ def mindspore_worker(args) -> int:
         for name, ex in state["ex"].items():
             if name == "allpath" and not req["allpath"]:
                 continue
-            out[name] = _one_step(ex, name, req["path"], g)
+            out[name] = _one_step(ex, req["path"], g)
         return out
 
-    def _one_step(ex, name, path, g):
-        import mindspore as ms
+    def _one_step(ex, path, g):
+        from src.search.step import PathSample
         x, y = state["x"], state["y"]
+        sample = PathSample(g, None, 5.0, None, list(path))  # all-path: soft weights from g
         t0 = time.perf_counter()
-        if name == "allpath":
-            a = ex.arch(ms.Tensor(g), None, ms.Tensor(5.0, ms.float32)).asnumpy()
-            ex.weight_step(x, y, a, 0.1)
-        else:
-            ex.weight_step(x, y, path, 0.1)
+        ex.weight_step(x, y, sample, 0.1)
         t1 = time.perf_counter()
-        ex.arch_step(x, y, g, None, 5.0, path)
+        ex.arch_step(x, y, sample)
         t2 = time.perf_counter()
         return {"weight_s": t1 - t0, "arch_s": t2 - t1}
 

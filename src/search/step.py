@@ -256,9 +256,6 @@ class Executor:
         """The path's parameters: the shared ones, then the sampled candidate's per layer."""
         return [list(self.shared)] + [self.candidates[k][o] for k, o in enumerate(indices)]
 
-    def path_params(self, indices: list[int]) -> list:
-        return [p for group in self.path_groups(indices) for p in group]
-
     def _reg(self, a):
         if self.reg is None:
             return ms.Tensor(0.0, ms.float32)
