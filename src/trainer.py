@@ -6,8 +6,12 @@
     net   = create_model(arch)                                # src.childnet.ChildNet
     loss  = create_loss(cfg.train)
     opt   = create_optimizer(net, cfg.train)
-    step  = TrainStep(net, loss, opt, ...)                    # one graph, compiled once
-    train(cfg)                                                # the loop below
+    step  = TrainStep(net, loss, opt, ...)                    # src.train_step: one graph
+    train(cfg, facts)                                         # the loop below
+
+``train`` is a short loop (``train_epoch``, ``end_epoch``) with two callback objects,
+``StateMonitor`` (progress, records, compile report, ETA) and ``CheckpointManager``; what it
+shares with the search (log, stop signals, resume check, non-finite guard) is src.runlog.
 
 Everything a resumed run needs (epoch, step, optimizer moments, EMA weights, loss scale, best
 accuracy, the architecture record and the resolved config) is stored inside the checkpoint;

@@ -15,12 +15,11 @@ parameters, so a run shows that the ranks agreed.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
-from src.runlog import digest, params_digest
+from src.runlog import JsonLog, digest, params_digest
 
 RANK_LOG = "search_paths_rank{rank}.jsonl"
 
@@ -104,23 +103,16 @@ class RankLog:
     def __init__(self, output_dir: str, rank: int):
         self.path = os.path.join(output_dir, RANK_LOG.format(rank=rank))
         self.rank = rank
+        # a plain rewrite, not an atomic one: rank 0 clears stale temp files in this folder
+        self._log = JsonLog(self.path, stamp={"rank": rank}, atomic=False)
 
     def start(self, resume_step: int | None) -> None:
         """A new run empties the log; a resumed one drops the steps after the checkpoint."""
-        keep = []
-        if resume_step is not None and os.path.exists(self.path):
-            with open(self.path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:
-                        continue  # a line cut by the interruption
-                    if rec.get("global_step", -1) <= resume_step and rec.get("event") != "done":
-                        keep.append(json.dumps(rec))
-        # a plain write: rank 0 clears stale temp files of atomic writes in this folder
-        with open(self.path, "w", encoding="utf-8") as f:
-            f.write("".join(k + "\n" for k in keep))
+        if resume_step is None:
+            self._log.reset()
+        else:
+            self._log.reset(keep=lambda rec: rec.get("global_step", -1) <= resume_step
+                            and rec.get("event") != "done")
 
     def write(self, **rec) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"rank": self.rank, **rec}) + "\n")
+        self._log.write(**rec)
