@@ -134,7 +134,7 @@ class SearchConfig:
     device_target: str = "CPU"
 
 
-# Learning rates a resumed search may change (src.search.engine.RESUME_MAY_CHANGE holds them):
+# Learning rates a resumed search may change (src.search.state.RESUME_MAY_CHANGE holds them):
 # a diverged run continues from its last good state with a lower rate.
 RESUME_LR_KEYS = ("search.w_lr", "search.arch_lr")
 
@@ -149,9 +149,3 @@ def lower_lr_command(cfg: SearchConfig, output_dir: str, keys: tuple[str, ...]) 
     config = shlex.quote(os.path.join(output_dir, "config.yaml"))
     return (f"continue from it with a lower learning rate: python search.py --config {config} "
             f"--output_dir {shlex.quote(output_dir)} --resume {sets}")
-
-
-def lr_changes(stored: dict, now: dict) -> dict[str, tuple]:
-    """{key: (checkpoint value, new value)} of the RESUME_LR_KEYS that differ between two
-    flattened configs."""
-    return {k: (stored.get(k), now.get(k)) for k in RESUME_LR_KEYS if stored.get(k) != now.get(k)}

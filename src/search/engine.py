@@ -37,8 +37,9 @@ from src.resource import OBJECTIVES, ResourceTable, resource_table
 from src.sampler import GumbelNoise, TauSchedule
 from src.search.config import SearchConfig
 from src.search.derive import ranked_choices
-from src.search.hooks import (LOG_FILE, JsonlLog, StepLogger, StopSignals,
-                              every_n_steps_checkpoint, stop_on_signal)
+from src.runlog import JsonLog, StopSignals, up_to_step
+from src.search.hooks import (LOG_FILE, StepLogger, every_n_steps_checkpoint,
+                              keep_signal_handlers, stop_on_signal)
 from src.search.loop import Stage, bilevel_loop
 from src.search.outputs import derive_architecture, write_outputs
 from src.search.state import (STATE_FILE, SearchState, load_state, restore_state,
@@ -171,7 +172,7 @@ def train_stage(run: SearchRun, stage: Stage) -> None:
     """The bilevel loop of one stage with its hooks: log, checkpoints, stop signals."""
     logger = StepLogger(run, stage)
     logger.start()
-    bilevel_loop(run, stage, hooks=(run.signals.pin, logger,
+    bilevel_loop(run, stage, hooks=(keep_signal_handlers(run), logger,
                                     every_n_steps_checkpoint(run, stage),
                                     stop_on_signal(run, stage)))
     logger.end()
@@ -183,12 +184,12 @@ def build_stage(run: SearchRun, name: str, searched: list[int], fixed: dict[int,
     """The supernet over ``searched`` (``fixed`` ops elsewhere), θ (or Π/Θ from
     ``proposals``), SGD for the weights, Adam for the architecture, and the executor; with
     ``reg_table`` the architecture loss is CE + α·T(Π, Θ) (``src.proposal.resource_loss``)."""
-    import mindspore as ms
+    from src.context import set_seed
     from src.search.step import EXECUTORS, ArchParams, HostAdam, SparseSGD
     from src.supernet import Supernet
 
     p = run.p
-    ms.set_seed(p.seed)  # every stage's supernet starts from the seed, resumed or not
+    set_seed(p.seed)  # every stage's supernet starts from the seed, resumed or not
     net = Supernet(run.space, searched, fixed, keep)
     net.set_train(True)
     num_ops = len(run.space.layers[searched[0]].ops)
@@ -330,7 +331,7 @@ class SearchRun:
         self.tau = TauSchedule(self.p.tau, self.p.tau_decay, self.p.tau_min)
         self.w_idx, self.a_idx = search_split(self.cfg.data, self.p.val_fraction, self.p.seed)
         self.executor_name = executor_name(self.cfg, facts.get("device_target", "CPU"))
-        self.log = JsonlLog(self.path(LOG_FILE), self.is_main)
+        self.log = JsonLog(self.path(LOG_FILE), enabled=self.is_main)  # search_log.jsonl
         self.signals = StopSignals()
 
     def path(self, name: str) -> str:
@@ -370,11 +371,11 @@ class SearchRun:
             self.state = SearchState.from_checkpoint(saved[1]["state"], self.path(STATE_FILE))
             self.saved_step = self.state.global_step
             self.noise.set_state(saved[1]["noise"])
-            self.log.truncate(self.state.global_step + 1)
+            self.log.reset(keep=up_to_step(self.state.global_step))
             log(f"resuming {self.state.stage} stage at epoch {self.state.epoch + 1} step "
                 f"{self.state.step} (global step {self.state.global_step})")
         else:
-            self.log.clear()
+            self.log.reset()
             if self.is_main:
                 save_config(self.cfg, self.path("config.yaml"))
         if self.group_size > 1:

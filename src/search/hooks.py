@@ -1,28 +1,26 @@
 """What runs around the bilevel loop: the log, checkpoints, stop signals, the non-finite guard.
 
 The loop (``src.search.loop.bilevel_loop``) calls its hooks after every iteration, in order:
-``StopSignals.pin`` (keep our handlers), ``StepLogger`` (search_log.jsonl, the per-rank log,
-the console line, the stage's seconds), ``every_n_steps_checkpoint`` and ``stop_on_signal``
-(save, then raise ``Stopped``). The small run utilities below (``JsonlLog``, ``StopSignals``,
-``check_finite_losses``, ``hms``) are the search's own copies of what a shared run toolkit
-would hold; each is one small piece so it can be swapped for that toolkit's.
+``keep_signal_handlers``, ``StepLogger`` (search_log.jsonl, the per-rank log, the console
+line, the stage's seconds), ``every_n_steps_checkpoint`` and ``stop_on_signal`` (save, then
+raise ``Stopped``). The log file, the signal handlers and h:mm:ss are ``src.runlog``'s, the
+toolkit training uses too.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import signal
 import sys
 import time
 from typing import Callable
 
 import numpy as np
 
-from src.checkpoint import atomic_write_text
 from src.cli import log
+from src.context import agree_stop
 from src.errors import HourNASError, Stopped
 from src.jsonlog import read_jsonl
+from src.runlog import hms, signal_name
 from src.search.config import lower_lr_command
 from src.search.state import STATE_FILE, save_state
 
@@ -32,58 +30,8 @@ STAGE_LABELS = {"vital": "stage 1/2 (vital layers)", "nonvital": "stage 2/2 (non
                 "single": "single stage (all layers)"}
 
 # ----------------------------------------------------------------------------- run utilities
-
-
-class JsonlLog:
-    """search_log.jsonl: one JSON record a line, written by rank 0 only."""
-
-    def __init__(self, path: str, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def append(self, rec: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec) + "\n")
-
-    def clear(self) -> None:
-        """A new run starts an empty log."""
-        if self.enabled and os.path.exists(self.path):
-            os.remove(self.path)
-
-    def truncate(self, global_step: int) -> None:
-        """A resumed run drops the records from ``global_step`` on (and lines cut by the
-        interruption); events are kept."""
-        if not (self.enabled and os.path.exists(self.path)):
-            return
-        keep = [json.dumps(r) for r in read_jsonl(self.path)
-                if r.get("global_step", -1) < global_step or r.get("event")]
-        atomic_write_text(self.path, "".join(k + "\n" for k in keep))
-
-
-class StopSignals:
-    """SIGTERM / SIGINT set a flag; the loop saves and stops at the end of the iteration.
-    ``with signals:`` installs the handlers and puts the previous ones back."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old: dict = {}
-
-    def _on_signal(self, signum, _frame) -> None:
-        self.signum = signum
-
-    def __enter__(self) -> "StopSignals":
-        self._old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-    def pin(self, _it=None) -> None:
-        """Put our handlers back: MindSpore's PyNative runtime installs a C-level SIGINT
-        handler of its own at its first op (it turns Ctrl-C into SIGTERM)."""
-        for s in self._old:
-            signal.signal(s, self._on_signal)
+# The log, the signal handlers, h:mm:ss and the resume-config check are src.runlog's (shared
+# with training); the search's own pieces are its non-finite-loss message and the cosine lr.
 
 
 def check_finite_losses(run, stage: str, w_loss: float, a_loss: float) -> None:
@@ -97,11 +45,6 @@ def check_finite_losses(run, stage: str, w_loss: float, a_loss: float) -> None:
         f"good state is in {run.path(STATE_FILE)} (global step {run.saved_step}); "
         + lower_lr_command(run.cfg, run.out, ("search.w_lr",) if not math.isfinite(w_loss)
                            else ("search.arch_lr",)))
-
-
-def hms(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def progress_bar(stage: str, done: int, total: int, per_step: float, eta: float) -> None:
@@ -138,7 +81,7 @@ class StepLogger:
 
     def __call__(self, it) -> None:
         run, st = self.run, self.run.state
-        run.log.append(step_record(run, self.stage, it))
+        run.log.write(**step_record(run, self.stage, it))
         if run.rank_log is not None:
             run.rank_log.write(stage=it.stage, global_step=st.global_step, path=it.w_path.indices,
                                proposal=it.w_path.proposal, a_path=it.a_path.indices,
@@ -219,16 +162,23 @@ def every_n_steps_checkpoint(run, stage) -> Callable:
     return hook
 
 
+def keep_signal_handlers(run) -> Callable:
+    """Before a step is logged as done, put our SIGTERM / SIGINT handlers back (MindSpore
+    installs its own SIGINT handler at its first op)."""
+    def hook(_it) -> None:
+        run.signals.pin()
+    return hook
+
+
 def stop_on_signal(run, stage) -> Callable:
     """After a SIGTERM / SIGINT (on any rank, data parallel): save, then raise ``Stopped``."""
     def hook(_it) -> None:
-        if run.grad_mean is not None:  # data parallel: all ranks stop together
-            run.signals.signum = run.grad_mean.agree_stop(run.signals.signum)
-        signum = run.signals.signum
+        # data parallel: every rank stops after the same step
+        signum = run.signals.agree(agree_stop if run.group_size > 1 else None)
         if signum is None:
             return
         save_state(run, stage)
-        raise Stopped(signum, f"stopped by {signal.Signals(signum).name} at {run.state.stage} "
+        raise Stopped(signum, f"stopped by {signal_name(signum)} at {run.state.stage} "
                               f"global step {run.state.global_step}: state saved in "
                               f"{run.path(STATE_FILE)}; continue with --resume")
     return hook

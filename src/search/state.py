@@ -20,9 +20,10 @@ import numpy as np
 
 from src.checkpoint import check_fit, load_checkpoint, save_checkpoint
 from src.cli import log
-from src.config import flatten, to_dict
+from src.config import to_dict
 from src.errors import CheckpointError, HourNASError
-from src.search.config import lower_lr_command, lr_changes
+from src.runlog import check_resume_config, config_changes, describe_changes, nonfinite
+from src.search.config import RESUME_LR_KEYS, lower_lr_command
 
 STATE_FILE = "search_state.ckpt"
 # Config keys a resumed search may change: they do not change what it computes.
@@ -107,8 +108,7 @@ def save_state(run, stage) -> None:
 
 def check_finite_state(run, params: dict, values: dict) -> None:
     """Never overwrite the last good state with a diverged one."""
-    bad = [n for n, a in params.items() if not np.isfinite(a).all()] + \
-          [n for n, a in values.items() if not np.isfinite(a).all()]
+    bad = nonfinite(params) + nonfinite(values)
     if bad:
         raise HourNASError(
             f"non-finite values in {len(bad)} tensors (e.g. '{bad[0]}') at {run.state.stage} "
@@ -134,27 +134,18 @@ def load_state(run) -> tuple[dict, dict] | None:
             raise CheckpointError(f"search checkpoint '{path}' lacks its '{key}' record "
                                   f"(damaged or from another version); start a new search "
                                   f"in another --output_dir")
-    if isinstance(extra.get("config"), dict):
-        check_resume_config(extra["config"], to_dict(run.cfg), run.path("config.yaml"))
+    stored = extra.get("config")
+    if isinstance(stored, dict):
+        # a resumed run computes what the checkpoint's did: only RESUME_MAY_CHANGE may differ
+        now = to_dict(run.cfg)
+        check_resume_config(stored, now, RESUME_MAY_CHANGE, advice=(
+            f"resume with the run's settings ({run.path('config.yaml')}) or start a new search "
+            f"in another --output_dir"))
+        changed = config_changes(stored, now, keys=RESUME_LR_KEYS)
+        if changed:
+            log(f"learning rate changed on resume: {describe_changes(changed)}; the search "
+                f"continues from the saved state with the new values")
     return params, extra
-
-
-def check_resume_config(stored: dict, now: dict, config_path: str) -> None:
-    """A resumed run computes what the checkpoint's did: only RESUME_MAY_CHANGE may differ
-    (a changed learning rate is logged)."""
-    a, b = flatten(stored), flatten(now)
-    diff = [k for k in sorted(set(a) | set(b)) if k not in RESUME_MAY_CHANGE and a.get(k) != b.get(k)]
-    if diff:
-        shown = "; ".join(f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in diff[:3])
-        raise HourNASError(f"--resume with a different configuration ({shown}); resume "
-                           f"with the run's settings ({config_path}) or "
-                           f"start a new search in another --output_dir (may change on "
-                           f"resume: {', '.join(RESUME_MAY_CHANGE)})")
-    changed = lr_changes(a, b)
-    if changed:
-        log("learning rate changed on resume: " + ", ".join(
-            f"{k} {v[0]!r} -> {v[1]!r}" for k, v in changed.items()) + "; the search "
-            "continues from the saved state with the new values")
 
 
 def restore_state(run, stage, saved: tuple[dict, dict]) -> None:
