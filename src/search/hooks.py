@@ -30,8 +30,8 @@ STAGE_LABELS = {"vital": "stage 1/2 (vital layers)", "nonvital": "stage 2/2 (non
                 "single": "single stage (all layers)"}
 
 # ----------------------------------------------------------------------------- run utilities
-# The log, the signal handlers, h:mm:ss and the resume-config check are src.runlog's (shared
-# with training); the search's own pieces are its non-finite-loss message and the cosine lr.
+# The log, the signal handlers and h:mm:ss are src.runlog's (shared with training); the
+# non-finite-loss message is the search's own (it names the stage, step and last good state).
 
 
 def check_finite_losses(run, stage: str, w_loss: float, a_loss: float) -> None:

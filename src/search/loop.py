@@ -83,7 +83,9 @@ def bilevel_loop(run, stage: Stage, hooks: Sequence[Callable[[Iteration], None]]
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:
-    """The weights' learning rate, cosine from ``base`` to 0 over a stage."""
+    """The weights' learning rate, cosine from ``base`` to 0 over a stage. (Not
+    ``src.runlog.cosine``: that one computes π·(step/total), this π·step/total, which may
+    differ in the last bit, and a search's results are kept the same to the bit.)"""
     return 0.5 * base * (1 + math.cos(math.pi * step / total))
 
 
