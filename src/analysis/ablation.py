@@ -256,6 +256,80 @@ def train_command(arch_yaml: str, epochs: int, out_dir: str, extra: list[str]) -
             str(epochs), "--output_dir", out_dir, "--json"] + extra
 
 
+def _check_request(names: list[str], full: bool, retrain_epochs: int) -> None:
+    for name in names:
+        if name not in available_configs(full):
+            raise HourNASError(f"unknown ablation config '{name}'; valid: "
+                               f"{', '.join(available_configs(full))}")
+    if retrain_epochs < 0:
+        raise HourNASError(f"--retrain-epochs must be >= 0, got {retrain_epochs}")
+
+
+def _print_commands(names: list[str], output_dir: str, full: bool, retrain_epochs: int,
+                    search_args: list[str], train_args: list[str],
+                    log: Callable[[str], None]) -> None:
+    """--dry-run: the commands each config would run, nothing else."""
+    for name in names:
+        run_dir = os.path.join(output_dir, name)
+        log(" ".join(search_command(name, full, run_dir, search_args)))
+        if retrain_epochs:
+            log(" ".join(train_command(os.path.join(run_dir, "arch.yaml"), retrain_epochs,
+                                       os.path.join(run_dir, "retrain"), train_args)))
+
+
+def _search_row(name: str, label: str, run_dir: str, full: bool, reuse: bool,
+                search_args: list[str], log: Callable[[str], None]) -> AblationRow:
+    """Search one config (or reuse its finished search); its row, failed or not."""
+    wall = None
+    if reuse and os.path.isfile(os.path.join(run_dir, "summary.json")):
+        log(f"{label} {name}: reusing the finished search in {run_dir}")
+    else:
+        log(f"{label} {name}: searching ({os.path.relpath(config_path(name, full), ROOT)})")
+        code, _, wall = _run(search_command(name, full, run_dir, search_args),
+                             os.path.join(run_dir, "search.out"))
+        if code != 0:
+            row = read_row(name, run_dir)
+            row.status = f"search failed (exit {code}): {_tail(os.path.join(run_dir, 'search.out'))}"
+            row.search_wall_s = wall
+            log(f"  {row.status}")
+            return row
+    row = read_row(name, run_dir)
+    row.search_wall_s = wall
+    if row.status == "ok":
+        log(f"  params {format_size(row.achieved.get('params', 0))}, FLOPs "
+            f"{format_size(row.achieved.get('flops', 0))}; stage seconds "
+            + ", ".join(f"{s} {v:.1f}" for s, v in row.stage_seconds.items()))
+    return row
+
+
+def _retrain_row(row: AblationRow, run_dir: str, retrain_epochs: int, train_args: list[str],
+                 log: Callable[[str], None]) -> None:
+    """Retrain a searched row's architecture; its top-1 (or the failure) goes into ``row``."""
+    arch_yaml = os.path.join(run_dir, "arch.yaml")
+    out = os.path.join(run_dir, "retrain")
+    log(f"  retraining {arch_yaml} for {retrain_epochs} epoch(s)")
+    code, last, _ = _run(train_command(arch_yaml, retrain_epochs, out,
+                                       train_args + same_data(run_dir)),
+                         os.path.join(run_dir, "retrain.out"))
+    row.retrain_epochs = retrain_epochs
+    if code == 0 and last:
+        row.retrain_top1 = json.loads(last).get("best_top1")
+        log(f"  retrained top-1 {row.retrain_top1:.2f}%")
+    else:
+        row.status = f"retrain failed (exit {code}): {_tail(os.path.join(run_dir, 'retrain.out'))}"
+        log(f"  {row.status}")
+
+
+def _title(set_name: str, configs: list[str] | None, full: bool) -> str:
+    if configs:
+        what = ", ".join(configs)
+    elif set_name == "all":
+        what = "all: " + "; ".join(WHAT.values())
+    else:
+        what = f"{set_name}: {WHAT[set_name]}"
+    return f"HourNAS ablations ({what}; {'full' if full else 'tiny'} configs)"
+
+
 def run_ablations(set_name: str, output_dir: str, *, full: bool = False,
                   retrain_epochs: int = 0, search_args: list[str] | None = None,
                   train_args: list[str] | None = None, reuse: bool = False,
@@ -268,71 +342,22 @@ def run_ablations(set_name: str, output_dir: str, *, full: bool = False,
     from src.checkpoint import atomic_write_text
 
     names = list(configs) if configs else config_names(set_name)
-    for name in names:
-        if name not in available_configs(full):
-            raise HourNASError(f"unknown ablation config '{name}'; valid: "
-                               f"{', '.join(available_configs(full))}")
-    if retrain_epochs < 0:
-        raise HourNASError(f"--retrain-epochs must be >= 0, got {retrain_epochs}")
+    _check_request(names, full, retrain_epochs)
     search_args, train_args = list(search_args or []), list(train_args or [])
     if dry_run:
-        for name in names:
-            run_dir = os.path.join(output_dir, name)
-            log(" ".join(search_command(name, full, run_dir, search_args)))
-            if retrain_epochs:
-                log(" ".join(train_command(os.path.join(run_dir, "arch.yaml"), retrain_epochs,
-                                           os.path.join(run_dir, "retrain"), train_args)))
+        _print_commands(names, output_dir, full, retrain_epochs, search_args, train_args, log)
         return [], {}
     check_available(names, full, retrain_epochs > 0)
     os.makedirs(output_dir, exist_ok=True)
     rows = []
     for k, name in enumerate(names, 1):
         run_dir = os.path.join(output_dir, name)
-        finished = os.path.isfile(os.path.join(run_dir, "summary.json"))
-        wall = None
-        if reuse and finished:
-            log(f"[{k}/{len(names)}] {name}: reusing the finished search in {run_dir}")
-        else:
-            log(f"[{k}/{len(names)}] {name}: searching ({os.path.relpath(config_path(name, full), ROOT)})")
-            code, _, wall = _run(search_command(name, full, run_dir, search_args),
-                                 os.path.join(run_dir, "search.out"))
-            if code != 0:
-                row = read_row(name, run_dir)
-                row.status = f"search failed (exit {code}): {_tail(os.path.join(run_dir, 'search.out'))}"
-                row.search_wall_s = wall
-                rows.append(row)
-                log(f"  {row.status}")
-                continue
-        row = read_row(name, run_dir)
-        row.search_wall_s = wall
-        if row.status == "ok":
-            log(f"  params {format_size(row.achieved.get('params', 0))}, FLOPs "
-                f"{format_size(row.achieved.get('flops', 0))}; stage seconds "
-                + ", ".join(f"{s} {v:.1f}" for s, v in row.stage_seconds.items()))
+        row = _search_row(name, f"[{k}/{len(names)}]", run_dir, full, reuse, search_args, log)
         if retrain_epochs and row.status == "ok":
-            arch_yaml = os.path.join(run_dir, "arch.yaml")
-            out = os.path.join(run_dir, "retrain")
-            log(f"  retraining {arch_yaml} for {retrain_epochs} epoch(s)")
-            code, last, _ = _run(train_command(arch_yaml, retrain_epochs, out,
-                                               train_args + same_data(run_dir)),
-                                 os.path.join(run_dir, "retrain.out"))
-            row.retrain_epochs = retrain_epochs
-            if code == 0 and last:
-                row.retrain_top1 = json.loads(last).get("best_top1")
-                log(f"  retrained top-1 {row.retrain_top1:.2f}%")
-            else:
-                row.status = f"retrain failed (exit {code}): {_tail(os.path.join(run_dir, 'retrain.out'))}"
-                log(f"  {row.status}")
+            _retrain_row(row, run_dir, retrain_epochs, train_args, log)
         rows.append(row)
-    if configs:
-        what = ", ".join(configs)
-    elif set_name == "all":
-        what = "all: " + "; ".join(WHAT.values())
-    else:
-        what = f"{set_name}: {WHAT[set_name]}"
-    title = f"HourNAS ablations ({what}; {'full' if full else 'tiny'} configs)"
     paths = {"markdown": os.path.join(output_dir, "ablations.md"),
              "csv": os.path.join(output_dir, "ablations.csv")}
-    atomic_write_text(paths["markdown"], table_markdown(rows, title))
+    atomic_write_text(paths["markdown"], table_markdown(rows, _title(set_name, configs, full)))
     atomic_write_text(paths["csv"], table_csv(rows))
     return rows, paths
