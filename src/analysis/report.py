@@ -545,97 +545,126 @@ def summary_section(run: Run) -> str:
     return "".join(parts)
 
 
-def build_report(folder: str, out_path: str | None = None) -> tuple[str, dict]:
-    """Write the page (default ``<folder>/report.html``); returns (path, facts)."""
-    from src.analysis.hourglass import hourglass_figure
-    from src.checkpoint import atomic_write_text
+class _Page:
+    """The page's body as it is built: HTML parts and the alt text of every image."""
 
-    run = read_run(folder)
-    out_path = out_path or os.path.join(folder, "report.html")
-    images: list[str] = []
+    def __init__(self):
+        self.body: list[str] = []
+        self.images: list[str] = []
 
-    def fig_html(fig, alt):
-        uri = png_data_uri(fig)
-        images.append(alt)
-        return _img(uri, alt)
+    def add(self, part: str) -> None:
+        self.body.append(part)
 
-    title = f"HourNAS search report: {os.path.basename(os.path.abspath(folder))}"
-    body = [f"<h1>{html.escape(title)}</h1>",
-            f'<p class="note">Run folder: <code>{html.escape(os.path.abspath(folder))}</code></p>']
+    def figure(self, fig, alt: str) -> None:
+        self.images.append(alt)
+        self.body.append(_img(png_data_uri(fig), alt))
+
+
+def _header(page: _Page, run, folder: str, title: str) -> None:
+    page.add(f"<h1>{html.escape(title)}</h1>")
+    page.add(f'<p class="note">Run folder: <code>{html.escape(os.path.abspath(folder))}</code></p>')
     if run.missing:
-        body.append("<p class='missing'>Missing from this run folder: " + ", ".join(
+        page.add("<p class='missing'>Missing from this run folder: " + ", ".join(
             f"<code>{n}</code> ({html.escape(FILES[n])})" for n in run.missing) + "</p>")
     for p in run.problems:
-        body.append(_missing(p))
-    body.append(summary_section(run))
+        page.add(_missing(p))
+    page.add(summary_section(run))
 
-    body.append("<h2>θ per layer over time</h2>")
+
+def _theta_section(page: _Page, run) -> None:
+    page.add("<h2>θ per layer over time</h2>")
     if run.log is None:
-        body.append(_missing("search_log.jsonl is missing, so the sampled paths are unknown"))
+        page.add(_missing("search_log.jsonl is missing, so the sampled paths are unknown"))
     else:
         stages = stage_order(run)
         if not stages:
-            body.append(_missing("search_log.jsonl holds no step records"))
+            page.add(_missing("search_log.jsonl holds no step records"))
         for stage in stages:
             fig = theta_over_time_figure(run, stage)
-            body.append(fig_html(fig, f"op shares over time, {stage}") if fig else
-                        _missing(f"no sampled paths logged in stage {stage}"))
+            if fig:
+                page.figure(fig, f"op shares over time, {stage}")
+            else:
+                page.add(_missing(f"no sampled paths logged in stage {stage}"))
     vfig = vital_probs_figure(run)
     if vfig is not None:
-        body.append(fig_html(vfig, "stage-1 final probabilities"))
+        page.figure(vfig, "stage-1 final probabilities")
     if run.params is None:
-        body.append(_missing("arch_params.npz is missing, so the final θ is unknown"))
+        page.add(_missing("arch_params.npz is missing, so the final θ is unknown"))
     elif "theta" not in run.params:
-        body.append(_missing("arch_params.npz holds no 'theta'"))
+        page.add(_missing("arch_params.npz holds no 'theta'"))
     else:
-        body.append(fig_html(final_theta_figure(run), "final theta"))
+        page.figure(final_theta_figure(run), "final theta")
 
-    body.append("<h2>Proposal weights π</h2>")
-    pfig, how = proposals_figure(run) if run.log is not None else (None, None)
+
+def _proposal_section(page: _Page, run) -> None:
+    page.add("<h2>Proposal weights π</h2>")
+    pfig, _ = proposals_figure(run) if run.log is not None else (None, None)
     if pfig is not None:
-        body.append(fig_html(pfig, "proposal weights over time"))
+        page.figure(pfig, "proposal weights over time")
     elif run.params is not None and run.params.get("pi") is not None:
-        body.append(_missing("π over time is not in the log; the final π is shown with the "
-                             "final θ above"))
+        page.add(_missing("π over time is not in the log; the final π is shown with the "
+                          "final θ above"))
     else:
-        body.append(_missing("no proposals: the log has no 'proposal' field and "
-                             "arch_params.npz has no 'pi' (m = 1 or stage 2 did not run)"))
+        page.add(_missing("no proposals: the log has no 'proposal' field and "
+                          "arch_params.npz has no 'pi' (m = 1 or stage 2 did not run)"))
 
-    body.append("<h2>Sampled architectures against the targets (Fig. 3 style)</h2>")
+    page.add("<h2>Sampled architectures against the targets (Fig. 3 style)</h2>")
     cfig = cloud_figure(run) if run.log is not None else None
-    body.append(fig_html(cfig, "sampled cost cloud") if cfig is not None else
-                _missing("no path_params / path_flops in the log (stage 2 logs them)"
-                         if run.log is not None else "search_log.jsonl is missing"))
-
-    body.append("<h2>Losses</h2>")
-    lfig = losses_figure(run) if run.log is not None else None
-    body.append(fig_html(lfig, "losses") if lfig is not None else
-                _missing("search_log.jsonl is missing or empty"))
-
-    body.append("<h2>The derived architecture</h2>")
-    if run.arch is not None:
-        body.append(fig_html(hourglass_figure(run.arch), "hourglass of the derived architecture"))
-        body.append("<pre>" + html.escape("\n".join(run.arch.block_strings())) + "</pre>")
+    if cfig is not None:
+        page.figure(cfig, "sampled cost cloud")
     else:
-        body.append(_missing("arch.yaml is missing or unreadable"))
+        page.add(_missing("no path_params / path_flops in the log (stage 2 logs them)"
+                          if run.log is not None else "search_log.jsonl is missing"))
+
+
+def _result_sections(page: _Page, run, folder: str) -> None:
+    """Losses, the derived architecture, the search's own plots and the config."""
+    from src.analysis.hourglass import hourglass_figure
+
+    page.add("<h2>Losses</h2>")
+    lfig = losses_figure(run) if run.log is not None else None
+    if lfig is not None:
+        page.figure(lfig, "losses")
+    else:
+        page.add(_missing("search_log.jsonl is missing or empty"))
+
+    page.add("<h2>The derived architecture</h2>")
+    if run.arch is not None:
+        page.figure(hourglass_figure(run.arch), "hourglass of the derived architecture")
+        page.add("<pre>" + html.escape("\n".join(run.arch.block_strings())) + "</pre>")
+    else:
+        page.add(_missing("arch.yaml is missing or unreadable"))
 
     for name in ("search_theta.png", "search_progress.png"):
         path = os.path.join(folder, name)
         if os.path.isfile(path):
             from src.analysis.plotting import file_data_uri_bytes
             with open(path, "rb") as f:
-                body.append(f"<h2>{html.escape(name)} (written by the search)</h2>" +
-                            _img(file_data_uri_bytes(f.read()), name))
-            images.append(name)
+                page.add(f"<h2>{html.escape(name)} (written by the search)</h2>" +
+                         _img(file_data_uri_bytes(f.read()), name))
+            page.images.append(name)
 
     if run.config is not None:
         import yaml
-        body.append("<h2>Config</h2><pre>" + html.escape(
+        page.add("<h2>Config</h2><pre>" + html.escape(
             yaml.safe_dump(run.config, sort_keys=False)) + "</pre>")
 
-    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
+
+def build_report(folder: str, out_path: str | None = None) -> tuple[str, dict]:
+    """Write the page (default ``<folder>/report.html``); returns (path, facts)."""
+    from src.checkpoint import atomic_write_text
+
+    run = read_run(folder)
+    out_path = out_path or os.path.join(folder, "report.html")
+    title = f"HourNAS search report: {os.path.basename(os.path.abspath(folder))}"
+    page = _Page()
+    _header(page, run, folder, title)
+    _theta_section(page, run)
+    _proposal_section(page, run)
+    _result_sections(page, run, folder)
+    text = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
-            + "\n".join(body) + "</body></html>\n")
-    atomic_write_text(out_path, page)
-    return out_path, {"report": out_path, "images": images, "missing": run.missing,
+            + "\n".join(page.body) + "</body></html>\n")
+    atomic_write_text(out_path, text)
+    return out_path, {"report": out_path, "images": page.images, "missing": run.missing,
                       "problems": run.problems, "targets": run.targets()}
