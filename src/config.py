@@ -235,15 +235,7 @@ def _coerce(value: Any, tp: Any, key: str, default: Any = None) -> Any:
     if origin is Annotated:
         return _coerce(value, args[0], key, default)
     if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for a in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, a, key, default if _schema_child(a) else None)
-            except ConfigError:
-                if _same_kind(a, value):
-                    raise  # e.g. a mapping for a dataclass: the inner error (key, index) is precise
-        raise _wrong(key, tp, value)
+        return _coerce_union(value, tp, args, key, default)
     if origin is Literal:
         if any(value == a and type(value) is type(a) for a in args):
             return value
@@ -254,35 +246,54 @@ def _coerce(value: Any, tp: Any, key: str, default: Any = None) -> Any:
         if not isinstance(value, Mapping):
             raise _wrong(key, tp, value)
         return build(tp, value, key, default if isinstance(default, tp) else None)
-    if origin in (list, Sequence) or tp in (list, Sequence):
-        if not isinstance(value, (list, tuple)):
-            raise _wrong(key, tp, value)
-        elem = args[0] if args else Any
-        return [_coerce(v, elem, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple or tp is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise _wrong(key, tp, value)
-        if not args or (len(args) == 2 and args[1] is Ellipsis):
-            elem = args[0] if args else Any
-            return tuple(_coerce(v, elem, f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"config key '{key}' must be a list of {len(args)} items, got {len(value)}: {value!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (list, Sequence, tuple, dict, Mapping) or tp in (list, Sequence, tuple, dict,
+                                                                   Mapping):
+        return _coerce_container(value, tp, origin, args, key)
+    return _coerce_scalar(value, tp, key)
+
+
+def _coerce_union(value: Any, tp: Any, args: tuple, key: str, default: Any) -> Any:
+    """Optional / Union: None where allowed, else the first member type that accepts it."""
+    if value is None and type(None) in args:
+        return None
+    for a in (a for a in args if a is not type(None)):
+        try:
+            return _coerce(value, a, key, default if _schema_child(a) else None)
+        except ConfigError:
+            if _same_kind(a, value):
+                raise  # e.g. a mapping for a dataclass: the inner error (key, index) is precise
+    raise _wrong(key, tp, value)
+
+
+def _coerce_container(value: Any, tp: Any, origin: Any, args: tuple, key: str) -> Any:
+    """list / Sequence / tuple (homogeneous or fixed) / dict / Mapping, element by element."""
     if origin in (dict, Mapping) or tp in (dict, Mapping):
         if not isinstance(value, Mapping):
             raise _wrong(key, tp, value)
         ktp, vtp = args if args else (Any, Any)
         return {_coerce(k, ktp, f"{key} key {k!r}"): _coerce(v, vtp, _join(key, k)) for k, v in value.items()}
+    if not isinstance(value, (list, tuple)):
+        raise _wrong(key, tp, value)
+    if origin in (list, Sequence) or tp in (list, Sequence):
+        elem = args[0] if args else Any
+        return [_coerce(v, elem, f"{key}[{i}]") for i, v in enumerate(value)]
+    if not args or (len(args) == 2 and args[1] is Ellipsis):
+        elem = args[0] if args else Any
+        return tuple(_coerce(v, elem, f"{key}[{i}]") for i, v in enumerate(value))
+    if len(value) != len(args):
+        raise ConfigError(f"config key '{key}' must be a list of {len(args)} items, got {len(value)}: {value!r}")
+    return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
+    """Enums (by value or name), bool, int (not bool), float (ints and YAML 1.1's '1e-3'
+    strings too), str, any other class by isinstance."""
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         if isinstance(value, tp):
             return value
         for m in tp:
             if value == m.value or value == m.name:
                 return m
-        raise _wrong(key, tp, value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
         raise _wrong(key, tp, value)
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -294,11 +305,7 @@ def _coerce(value: Any, tp: Any, key: str, default: Any = None) -> Any:
         if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
             return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         raise _wrong(key, tp, value)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _wrong(key, tp, value)
-    if isinstance(tp, type):
+    if tp in (bool, str) or isinstance(tp, type):
         if isinstance(value, tp):
             return value
         raise _wrong(key, tp, value)
