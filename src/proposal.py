@@ -459,6 +459,42 @@ def _axis(objective: str) -> tuple[float, str]:
                                                                      f"{objective} (M)")
 
 
+def _plot_cloud(ax, cost: np.ndarray, ok: np.ndarray, best: np.ndarray, tx: float, ty: float,
+                sx: float, sy: float) -> None:
+    """Two objectives: the sampled costs (green within ±5% of the target), the target and its
+    ±5% box, each proposal's arg-max architecture."""
+    from matplotlib.patches import Rectangle
+
+    ax.add_patch(Rectangle((0.95 * tx, 0.95 * ty), 0.1 * tx, 0.1 * ty, fill=False,
+                           ls="--", lw=1.2, color="red", zorder=1))
+    ax.axvline(tx, color="red", lw=0.8, alpha=0.6, zorder=1)
+    ax.axhline(ty, color="red", lw=0.8, alpha=0.6, zorder=1)
+    ax.scatter(cost[~ok, 0] / sx, cost[~ok, 1] / sy, s=4, alpha=0.3,
+               color="tab:blue", linewidths=0, zorder=2)
+    ax.scatter(cost[ok, 0] / sx, cost[ok, 1] / sy, s=4, alpha=0.3, color="tab:green",
+               linewidths=0, zorder=2)
+    ax.scatter(best[:, 0] / sx, best[:, 1] / sy, s=40, facecolors="none",
+               edgecolors="black", linewidths=1.0, zorder=3)
+
+
+def _legend_handles(one_objective: bool) -> list:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    if one_objective:
+        return [Patch(color="tab:blue", label="sampled"),
+                Line2D([], [], color="red", lw=1.5, label="target"),
+                Patch(color="red", alpha=0.12, label="target ±5%")]
+    return [Line2D([], [], ls="none", marker="o", ms=5, color="tab:blue",
+                   label="sampled, outside ±5%"),
+            Line2D([], [], ls="none", marker="o", ms=5, color="tab:green",
+                   label="sampled, within ±5% on every objective"),
+            Line2D([], [], ls="none", marker="o", ms=7, mfc="none", mec="black",
+                   label="arg-max architecture of each proposal"),
+            Line2D([], [], color="red", lw=0.8, label="target"),
+            Patch(fill=False, ls="--", ec="red", label="target ±5%")]
+
+
 def plot_proposals(proposals: Proposals, table: ResourceTable, path: str,
                    taus: list[float], n: int = 10000, seed: int = 0, title: str = "") -> str:
     """Fig. 3: ``n`` sampled architectures per τ, first objective on x, second on y (one
@@ -466,8 +502,6 @@ def plot_proposals(proposals: Proposals, table: ResourceTable, path: str,
     marked. Writes a PNG; returns ``path``."""
     from src.context import pyplot
     plt = pyplot()
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch, Rectangle
 
     arrays = objective_arrays(table, proposals.targets)
     names = arrays.names
@@ -490,16 +524,7 @@ def plot_proposals(proposals: Proposals, table: ResourceTable, path: str,
         cost = choice_costs(choices, arrays)
         ok = (np.abs(cost / arrays.targets - 1.0) <= 0.05).all(axis=1)
         if len(names) > 1:
-            ax.add_patch(Rectangle((0.95 * tx, 0.95 * ty), 0.1 * tx, 0.1 * ty, fill=False,
-                                   ls="--", lw=1.2, color="red", zorder=1))
-            ax.axvline(tx, color="red", lw=0.8, alpha=0.6, zorder=1)
-            ax.axhline(ty, color="red", lw=0.8, alpha=0.6, zorder=1)
-            ax.scatter(cost[~ok, 0] / sx, cost[~ok, 1] / sy, s=4, alpha=0.3,
-                       color="tab:blue", linewidths=0, zorder=2)
-            ax.scatter(cost[ok, 0] / sx, cost[ok, 1] / sy, s=4, alpha=0.3, color="tab:green",
-                       linewidths=0, zorder=2)
-            ax.scatter(best[:, 0] / sx, best[:, 1] / sy, s=40, facecolors="none",
-                       edgecolors="black", linewidths=1.0, zorder=3)
+            _plot_cloud(ax, cost, ok, best, tx, ty, sx, sy)
         else:
             ax.hist(cost[:, 0] / sx, bins=60, color="tab:blue", alpha=0.8)
             ax.axvspan(0.95 * tx, 1.05 * tx, color="red", alpha=0.12)
@@ -509,23 +534,11 @@ def plot_proposals(proposals: Proposals, table: ResourceTable, path: str,
         ax.set_xlabel(lx)
         ax.set_ylabel(ly)
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], ls="none", marker="o", ms=5, color="tab:blue",
-                      label="sampled, outside ±5%"),
-               Line2D([], [], ls="none", marker="o", ms=5, color="tab:green",
-                      label="sampled, within ±5% on every objective"),
-               Line2D([], [], ls="none", marker="o", ms=7, mfc="none", mec="black",
-                      label="arg-max architecture of each proposal"),
-               Line2D([], [], color="red", lw=0.8, label="target"),
-               Patch(fill=False, ls="--", ec="red", label="target ±5%")]
-    if len(names) == 1:
-        handles = [Patch(color="tab:blue", label="sampled"),
-                   Line2D([], [], color="red", lw=1.5, label="target"),
-                   Patch(color="red", alpha=0.12, label="target ±5%")]
     targets = ", ".join(f"{o} {format_objective(o, v)}" for o, v in zip(names, arrays.targets))
     fig.suptitle(title or f"{n:,} architectures sampled from {proposals.m} space proposals "
                  f"per temperature τ\n(targets: {targets})", fontsize=12)
-    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=9,
-               frameon=False)
+    fig.legend(handles=_legend_handles(len(names) == 1), loc="lower center", ncol=3,
+               fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
