@@ -11,8 +11,8 @@ Augmentation reproducibility:
   offsets and CutOut centres of sample ``i`` in epoch ``e`` depend only on ``(seed, e, i)``, so
   batches are bit-identical across runs, resumes and shard layouts.
 * CIFAR-10 / ImageNet (MindSpore's C++ readers and ops): the pipeline seed is set from
-  ``(seed, epoch, start_batch)`` with ``ds.config.set_seed``; two runs with the same arguments
-  give the same batches. A resumed epoch sees the same images in the same order, but its random
+  ``(seed, epoch, start_batch)`` (``src.context.seed_data_pipeline``); two runs with the same
+  arguments give the same batches. A resumed epoch sees the same images in the same order, but its random
   crops after the resume point are drawn afresh.
 
 Columns of every dataset: ``image`` float32 (N, C, H, W), normalised; ``label`` int32.
@@ -491,19 +491,7 @@ def dataset_info(cfg: DataConfig) -> DatasetInfo:
 
 # ----------------------------------------------------------------------------- pipelines
 
-def make_dataset(cfg: DataConfig, split: str, batch_size: int, *, indices=None,
-                 augment: bool = False, shuffle: bool = False, seed: int = 0, epoch: int = 0,
-                 start_batch: int = 0, shard: tuple[int, int] | None = None,
-                 drop_remainder: bool = False):
-    """A batched ``mindspore.dataset.Dataset`` of (image, label) over ``split``.
-
-    ``indices`` (default: all of the split) are visited in :func:`sample_order`; the first
-    ``start_batch * batch_size`` of them are skipped (resume). ``augment`` turns on the training
-    augmentation when ``cfg.augment`` allows it (CutOut when ``cfg.cutout > 0``). The eval split
-    never drops a partial last batch: every image counts.
-    """
-    import mindspore.dataset as ds
-
+def _check_request(split: str, batch_size: int, start_batch: int, drop_remainder: bool) -> None:
     if split not in SPLITS:
         raise HourNASError(f"unknown split '{split}'; valid: {', '.join(SPLITS)}")
     if batch_size < 1:
@@ -513,6 +501,11 @@ def make_dataset(cfg: DataConfig, split: str, batch_size: int, *, indices=None,
     if split == "eval" and drop_remainder:
         raise HourNASError("the eval split never drops its last partial batch (every image "
                            "counts); call make_dataset(..., drop_remainder=False)")
+
+
+def _visit_order(cfg: DataConfig, split: str, batch_size: int, indices, *, shuffle: bool,
+                 seed: int, epoch: int, start_batch: int, shard, drop_remainder: bool):
+    """The sample indices this pipeline serves, in order, after the resumed batches."""
     info = dataset_info(cfg)
     n = info.train_size if split == "train" else info.eval_size
     if indices is None:
@@ -526,7 +519,55 @@ def make_dataset(cfg: DataConfig, split: str, batch_size: int, *, indices=None,
     if start_batch >= total:
         raise HourNASError(f"start_batch {start_batch} is past the end of the epoch "
                            f"({total} batches of {batch_size})")
-    order = order[start_batch * batch_size:]
+    return order[start_batch * batch_size:]
+
+
+def _reader_transforms(cfg: DataConfig, split: str, sampler, aug: bool, workers: int):
+    """CIFAR-10 / ImageNet: MindSpore's reader over ``sampler`` and its image transforms."""
+    import mindspore.dataset as ds
+    import mindspore.dataset.vision as V
+
+    size = cfg.size
+    if cfg.name == "cifar10":
+        folder = _cifar_dir(cfg.path)
+        data = ds.Cifar10Dataset(folder, usage="train" if split == "train" else "test",
+                                 sampler=sampler, num_parallel_workers=workers)
+        ops = []
+        if size != 32:
+            ops.append(V.Resize((size, size)))
+        if aug:
+            ops += [V.RandomCrop(size, padding=size // 8), V.RandomHorizontalFlip()]
+        return data, ops + [V.Rescale(1.0 / 255.0, 0.0), V.Normalize(CIFAR_MEAN, CIFAR_STD)]
+    root = os.path.join(cfg.path, "train" if split == "train" else "val")
+    exts = sorted({e for x in IMAGE_EXTENSIONS for e in (x, x.upper())})
+    data = ds.ImageFolderDataset(root, sampler=sampler, num_parallel_workers=workers,
+                                 extensions=exts)
+    ops = [V.Decode()]
+    if aug:
+        ops += [V.RandomResizedCrop(size), V.RandomHorizontalFlip()]
+    else:
+        resize = int(round(size * 256 / 224))
+        ops += [V.Resize(resize), V.CenterCrop(size)]
+    return data, ops + [V.Rescale(1.0 / 255.0, 0.0), V.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def make_dataset(cfg: DataConfig, split: str, batch_size: int, *, indices=None,
+                 augment: bool = False, shuffle: bool = False, seed: int = 0, epoch: int = 0,
+                 start_batch: int = 0, shard: tuple[int, int] | None = None,
+                 drop_remainder: bool = False):
+    """A batched ``mindspore.dataset.Dataset`` of (image, label) over ``split``.
+
+    ``indices`` (default: all of the split) are visited in :func:`sample_order`; the first
+    ``start_batch * batch_size`` of them are skipped (resume). ``augment`` turns on the training
+    augmentation when ``cfg.augment`` allows it (CutOut when ``cfg.cutout > 0``). The eval split
+    never drops a partial last batch: every image counts.
+    """
+    import mindspore.dataset as ds
+
+    _check_request(split, batch_size, start_batch, drop_remainder)
+    order = _visit_order(cfg, split, batch_size, indices, shuffle=shuffle, seed=seed,
+                         epoch=epoch, start_batch=start_batch, shard=shard,
+                         drop_remainder=drop_remainder)
     sampler = ds.SubsetSampler(order.tolist())
     aug = bool(augment and cfg.augment)
     cutout = cfg.cutout if augment else 0
@@ -545,33 +586,15 @@ def make_dataset(cfg: DataConfig, split: str, batch_size: int, *, indices=None,
     import mindspore.dataset.vision as V
     from mindspore import dtype as mstype
 
+    from src.context import seed_data_pipeline
+
     workers = max(1, min(cfg.num_workers, os.cpu_count() or 1))  # MindSpore's upper bound
     if aug or cutout:
-        ds.config.set_seed(int(np.random.default_rng(
+        # the dataset seed is process-wide in MindSpore but read when a pipeline is built, so
+        # it is set here, per pipeline (context.py holds the setter and says why)
+        seed_data_pipeline(int(np.random.default_rng(
             _seed_words(seed, epoch, start_batch)).integers(1, 2**31 - 1)))
-    size = cfg.size
-    if cfg.name == "cifar10":
-        folder = _cifar_dir(cfg.path)
-        data = ds.Cifar10Dataset(folder, usage="train" if split == "train" else "test",
-                                 sampler=sampler, num_parallel_workers=workers)
-        ops = []
-        if size != 32:
-            ops.append(V.Resize((size, size)))
-        if aug:
-            ops += [V.RandomCrop(size, padding=size // 8), V.RandomHorizontalFlip()]
-        ops += [V.Rescale(1.0 / 255.0, 0.0), V.Normalize(CIFAR_MEAN, CIFAR_STD)]
-    else:
-        root = os.path.join(cfg.path, "train" if split == "train" else "val")
-        exts = sorted({e for x in IMAGE_EXTENSIONS for e in (x, x.upper())})
-        data = ds.ImageFolderDataset(root, sampler=sampler, num_parallel_workers=workers,
-                                     extensions=exts)
-        ops = [V.Decode()]
-        if aug:
-            ops += [V.RandomResizedCrop(size), V.RandomHorizontalFlip()]
-        else:
-            resize = int(round(size * 256 / 224))
-            ops += [V.Resize(resize), V.CenterCrop(size)]
-        ops += [V.Rescale(1.0 / 255.0, 0.0), V.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    data, ops = _reader_transforms(cfg, split, sampler, aug, workers)
     if cutout:
         ops.append(V.CutOut(cutout, num_patches=1, is_hwc=True))
     ops.append(V.HWC2CHW())
