@@ -143,24 +143,47 @@ def search_split(cfg: DataConfig, val_fraction: float, seed: int) -> tuple[np.nd
 _DIGITS_CACHE: dict[int, tuple] = {}
 
 
+DIGITS_SPLIT_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_eval_split.txt")
+
+
+def _digits_raw() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits (1797 8x8 images, values 0..16; labels) read from the file it
+    ships, as ``load_digits`` reads it, without importing scikit-learn (1-2 s of imports)."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the built-in digits set needs scikit-learn (pip install -r requirements.txt)")
+    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+    with gzip.open(path, mode="rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+
+
+def digits_split(n: int = 1797) -> tuple[np.ndarray, np.ndarray]:
+    """(train, eval) indices of the digits set, sorted: the fixed stratified 80/20 split
+    (``DIGITS_SPLIT_FILE``: scikit-learn's ``train_test_split`` with ``DIGITS_EVAL_FRACTION``,
+    ``random_state=DIGITS_SPLIT_SEED``, written out)."""
+    eval_idx = np.loadtxt(DIGITS_SPLIT_FILE, dtype=np.int64, comments="#").reshape(-1)
+    train_idx = np.setdiff1d(np.arange(n), eval_idx)
+    return train_idx, np.sort(eval_idx)
+
+
 def _digits(image_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train_x, train_y, eval_x, eval_y): 3-channel float32 NCHW in [0, 1], int32 labels."""
     if image_size in _DIGITS_CACHE:
         return _DIGITS_CACHE[image_size]
     import cv2
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
-    d = load_digits()
-    imgs = (d.images / 16.0).astype(np.float32)
+    images, target = _digits_raw()
+    imgs = (images / 16.0).astype(np.float32)
     big = np.stack([cv2.resize(im, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
                     for im in imgs])
     big = np.clip(big, 0.0, 1.0)
     x = np.repeat(big[:, None], 3, axis=1)
-    y = d.target.astype(np.int32)
-    idx_train, idx_eval = train_test_split(np.arange(len(y)), test_size=DIGITS_EVAL_FRACTION,
-                                           random_state=DIGITS_SPLIT_SEED, stratify=y)
-    idx_train, idx_eval = np.sort(idx_train), np.sort(idx_eval)
+    y = target.astype(np.int32)
+    idx_train, idx_eval = digits_split(len(y))
     out = (x[idx_train], y[idx_train], x[idx_eval], y[idx_eval])
     _DIGITS_CACHE[image_size] = out
     return out

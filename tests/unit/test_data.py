@@ -83,6 +83,23 @@ def test_digits_columns_and_every_eval_image():
         make_dataset(cfg, "eval", 64, drop_remainder=True)
 
 
+def test_digits_are_scikit_learns_set_and_split_without_importing_it():
+    """The digits file is read as load_digits reads it, and the shipped eval split is
+    train_test_split's stratified 80/20 split (the one an earlier version computed)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from src.data import DIGITS_EVAL_FRACTION, DIGITS_SPLIT_SEED, _digits_raw, digits_split
+
+    images, target = _digits_raw()
+    d = load_digits()
+    assert np.array_equal(images, d.images) and np.array_equal(target, d.target)
+    train, held = train_test_split(np.arange(len(d.target)), test_size=DIGITS_EVAL_FRACTION,
+                                   random_state=DIGITS_SPLIT_SEED, stratify=d.target)
+    got_train, got_eval = digits_split(len(d.target))
+    assert np.array_equal(got_train, np.sort(train)) and np.array_equal(got_eval, np.sort(held))
+
+
 def test_subset_sampler_keeps_the_host_order():
     cfg = DataConfig(image_size=16)
     full = np.concatenate([y for _, y in batches(make_dataset(cfg, "train", 1000))])
