@@ -5,6 +5,9 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The bound on a subprocess or a wait in the tests: it stops a hang, it does not time a run (a
+# correct run on a loaded machine may take many times its idle time).
+HANG = 1800
 
 
 def cli_env() -> dict:
@@ -15,7 +18,7 @@ def cli_env() -> dict:
     return env
 
 
-def run_cli(script: str, *args: str, timeout: int = 600, check: bool = True):
+def run_cli(script: str, *args: str, timeout: int = HANG, check: bool = True):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
                           env=cli_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

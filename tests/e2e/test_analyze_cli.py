@@ -13,12 +13,13 @@ import yaml
 from src.resource import profile
 from src.space.space import load_arch
 from tests.analysis_fixtures import TINY_ARCH, make_synthetic_run
+from tests.e2e.helpers import HANG
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "GLOG_v": "3", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
-def run(*args, check=True, timeout=300):
+def run(*args, check=True, timeout=HANG):
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True,
                           text=True, timeout=timeout)
     if check and proc.returncode != 0:
@@ -103,7 +104,7 @@ def test_ablations_run_one_tiny_config(tmp_path):
     """The runner around the real search.py: one tiny config, one step per stage."""
     proc = run("analyze.py", "ablations", "--configs", "no_vital_priori", "--output_dir",
                str(tmp_path), "--set", "search.steps_per_epoch=1", "--set",
-               "proposal.report_samples=100", "--json", timeout=600, check=False)
+               "proposal.report_samples=100", "--json", check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = last_json(proc)
     (row,) = result["rows"]

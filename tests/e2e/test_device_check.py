@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import ROOT, cli_env
+from tests.e2e.helpers import HANG, ROOT, cli_env
 
 SCRIPT = "benchmarks/device_check.sh"
 
 
-def check(*args, env_extra: dict | None = None, timeout: int = 300):
+def check(*args, env_extra: dict | None = None, timeout: int = HANG):
     env = {**cli_env(), **(env_extra or {})}
     return subprocess.run(["bash", SCRIPT, *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -98,12 +98,12 @@ def test_input_checks(tmp_path, args, message):
 
 def test_missing_device_stops_before_any_step(tmp_path):
     from src.context import device_available
-    if device_available("GPU")[0]:
-        pytest.skip("this machine has a GPU")
+    # the default target (GPU) where there is none; on a GPU machine, Ascend (no machine has both)
+    missing = next(t for t in ("GPU", "Ascend") if not device_available(t)[0])
     out = tmp_path / "dc"
-    proc = check(out)
+    proc = check(out, *(["--device_target", missing] if missing != "GPU" else []))
     assert proc.returncode == 2
-    assert "error: device target 'GPU' is not available here" in proc.stderr
+    assert f"error: device target '{missing}' is not available here" in proc.stderr
     assert not out.exists()
 
 
@@ -196,7 +196,7 @@ def fake(tmp_path):
     calls = tmp_path / "calls.jsonl"
 
     def run(*args, **env):
-        return check(tmp_path / "dc", *args, timeout=120,
+        return check(tmp_path / "dc", *args,
                      env_extra={"PYTHON": str(path), "FAKE_CALLS": str(calls), **env})
 
     run.out = tmp_path / "dc"
@@ -278,14 +278,15 @@ def test_sigterm_stops_the_step_and_writes_the_summary(fake, tmp_path):
     proc = subprocess.Popen(["bash", SCRIPT, str(fake.out)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        for _ in range(600):  # until the fake train.py is running
+        deadline = time.time() + HANG
+        while time.time() < deadline:  # until the fake train.py is running
             if calls.exists() and any(c[0] == "train" for c in fake.calls()):
                 break
             time.sleep(0.05)
         else:
             raise AssertionError("train.py never started")
         proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=60)
+        stdout, stderr = proc.communicate(timeout=HANG)
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr

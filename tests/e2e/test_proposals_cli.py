@@ -6,6 +6,8 @@ import sys
 
 import numpy as np
 
+from tests.e2e.helpers import HANG
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "config", "search", "fbnet_cifar10.yaml")
 SMALL = ["--set", "proposal.iterations=300", "--set", "proposal.report_samples=1000",
@@ -15,7 +17,7 @@ SMALL = ["--set", "proposal.iterations=300", "--set", "proposal.report_samples=1
 def run(*args):
     env = dict(os.environ, GLOG_v="3", ONEDNN_MAX_CPU_ISA="AVX2")
     return subprocess.run([sys.executable, os.path.join(ROOT, "search.py"), *args],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=HANG)
 
 
 def test_proposals_stage_writes_files_and_json(tmp_path):

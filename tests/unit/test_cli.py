@@ -15,6 +15,7 @@ import pytest
 from src.cli import common_parser, emit_json, log, overrides_from_args, run_main
 from src.config import load_config
 from src.errors import HourNASError
+from tests.e2e.helpers import HANG
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -136,10 +137,10 @@ def test_usage_error_and_error_line_in_a_real_process(tmp_path):
         sys.exit(run_main(main))
     """))
     env_cmd = [sys.executable, str(script)]
-    r = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)}, timeout=60)
+    r = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)}, timeout=HANG)
     assert (r.returncode, r.stderr, r.stdout) == (2, "error: bad thing in 'x'; valid: a, b\n", "")
     r = subprocess.run(env_cmd + ["--nope"], cwd=ROOT, capture_output=True, text=True,
-                       env={"PYTHONPATH": str(ROOT)}, timeout=60)
+                       env={"PYTHONPATH": str(ROOT)}, timeout=HANG)
     assert r.returncode == 2 and "unrecognized arguments: --nope" in r.stderr
 
 
@@ -168,7 +169,7 @@ def test_context_setup_in_a_fresh_process():
         print(json.dumps(out))
     """)
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=HANG)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.splitlines()[-1])
     assert out["TPU"] == "unknown device target 'TPU'; valid: CPU, GPU, Ascend"

@@ -9,6 +9,7 @@ import yaml
 
 from src.config import Size, format_size, load_config, parse_size, save_config, to_dict
 from src.errors import ConfigError, HourNASError
+from tests.e2e.helpers import HANG
 
 
 @dataclass
@@ -242,7 +243,7 @@ def test_no_vital_priori_flag_is_an_override_saved_as_run(tmp_path):
     proc = subprocess.run([sys.executable, "search.py", "--stage", "proposals", "--no-vital-priori",
                            "--output_dir", str(out), "--set", "proposal.iterations=5",
                            "--set", "proposal.report_samples=10", "--set", "search.epochs_vital=0"],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=HANG)
     assert proc.returncode == 0, proc.stderr[-2000:]
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["search"]["vital_priori"] is False and saved["search"]["epochs_vital"] == 0
