@@ -20,17 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import ROOT, cli_env, run_cli
+from tests.conftest import fixture_text
+from tests.e2e.helpers import HANG, ROOT, cli_env, run_cli
 
 SEARCH_CFG = "tests/fixtures/tiny_search.yaml"
-TINY_ARCH = """\
-name: tiny
-input_size: 16
-num_classes: 10
-stem: {c: 8, k: 3, s: 1}
-blocks: [ir_r1_k3_s2_e3_c16, ir_r1_k3_s1_e1_c24]
-head: 32
-"""
+TINY_ARCH = fixture_text("tiny_arch.yaml")
 CIFAR_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
 CIFAR_SIZE = 3073 * 10000
 
@@ -71,14 +65,14 @@ def _stopped_search(w: Path) -> Path:
         proc = subprocess.Popen([sys.executable, "search.py", "--config",
                                  str(w / "sp" / "search.yaml"), "--output_dir", str(out)],
                                 cwd=ROOT, env=cli_env(), stdout=log, stderr=log)
-        deadline = time.time() + 300
+        deadline = time.time() + HANG
         try:
             while proc.poll() is None and time.time() < deadline:
                 if (out / "search_log.jsonl").is_file() and (out / "search_log.jsonl").read_text():
                     proc.send_signal(signal.SIGTERM)
                     break
                 time.sleep(0.05)
-            proc.wait(timeout=120)
+            proc.wait(timeout=HANG)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -383,7 +377,7 @@ def test_bad_input_gives_one_clear_error_and_changes_nothing(w, case_id, script,
         space.write_text(original_space.replace("head: 32", "head: 40"))
     before = _snapshot(w)
     try:
-        proc = run_cli(script, *args, check=False, timeout=300)
+        proc = run_cli(script, *args, check=False, timeout=HANG)
     finally:
         space.write_text(original_space)
     out = proc.stdout + proc.stderr
@@ -442,7 +436,7 @@ def test_script_bad_input_gives_one_clear_error(w, case_id, script, args, expect
     expect = [e.replace("{w}", str(w)) for e in expect]
     before = _snapshot(w)
     proc = subprocess.run(["bash", f"scripts/{script}", *args], cwd=ROOT, env=cli_env(),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=HANG)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
     assert "Traceback" not in out, out
@@ -474,7 +468,7 @@ def test_export_into_a_folder_with_spaces_or_non_ascii(w, folder):
     where.mkdir(parents=True)
     shutil.copy(w / "train" / "tiny_best.ckpt", where / "tiny_best.ckpt")
     proc = run_cli("export.py", "--ckpt", str(where / "tiny_best.ckpt"), "--file_format", "both",
-                   "--batch_size", "2", check=False, timeout=300)
+                   "--batch_size", "2", check=False, timeout=HANG)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(os.listdir(where)) == ["tiny.mindir", "tiny_b2.onnx", "tiny_best.ckpt"]
     import mindspore as ms
@@ -500,7 +494,7 @@ def test_failures_leave_the_working_folder_clean(w, tmp_path):
             ("search.py", "--stage", "bogus")]
     for script, *args in runs:
         proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd,
-                              env=cli_env(), capture_output=True, text=True, timeout=300)
+                              env=cli_env(), capture_output=True, text=True, timeout=HANG)
         assert proc.returncode in (0, 2), proc.stderr  # tolerance 0 may pass bit-exactly
         assert sorted(os.listdir(cwd)) == [], (script, sorted(os.listdir(cwd)))
     assert not (tmp_path / "o1").exists()
@@ -510,7 +504,7 @@ def test_resume_may_lower_the_learning_rate_and_says_so(w, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(w / "train", run)
     proc = run_cli("train.py", "--output_dir", str(run), "--resume", "--epochs", "2",
-                   "--set", "train.lr=0.002", check=False, timeout=300)
+                   "--set", "train.lr=0.002", check=False, timeout=HANG)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert ("learning rate changed on resume: train.lr 0.02 -> 0.002; the schedule continues "
             "at global step 2") in proc.stdout

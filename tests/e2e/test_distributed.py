@@ -28,17 +28,11 @@ import pytest
 from src.checkpoint import load_checkpoint
 from src.data import sample_order
 from src.space.space import load_arch
-from tests.e2e.helpers import ROOT, cli_env
+from tests.conftest import fixture_text
+from tests.e2e.helpers import HANG, ROOT, cli_env
 
 CONFIG = "tests/fixtures/tiny_search.yaml"
-TINY_ARCH = """\
-name: tiny
-input_size: 16
-num_classes: 10
-stem: {c: 8, k: 3, s: 1}
-blocks: [ir_r1_k3_s2_e3_c16, ir_r2_k5_s1_e3_c16_se0.25, skip_r1_s2_c24, ir_r1_k3_s1_e1_c24]
-head: 32
-"""
+TINY_ARCH = fixture_text("tiny_arch_mixed.yaml")
 # 4 steps of a global batch of 16 (8 per rank)
 TRAIN = ["--epochs", "1", "--batch_size", "16", "--set", "data.image_size=16",
          "--set", "train.steps_per_epoch=4", "--set", "train.log_every=1",
@@ -64,7 +58,7 @@ def env(**extra) -> dict:
     return e
 
 
-def script(name: str, *args, check: bool = True, timeout: int = 300, **env_extra):
+def script(name: str, *args, check: bool = True, timeout: int = HANG, **env_extra):
     proc = subprocess.run(["bash", f"scripts/{name}", *map(str, args)], cwd=ROOT,
                           env=env(**env_extra), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
@@ -189,7 +183,7 @@ def test_rank_log_truncates_to_the_resumed_step(tmp_path):
 @pytest.fixture(scope="module")
 def search2(tmp_path_factory):
     out = tmp_path_factory.mktemp("search2")
-    proc = script("run_search_cpu.sh", 2, CONFIG, out, "--", "--json", timeout=600)
+    proc = script("run_search_cpu.sh", 2, CONFIG, out, "--", "--json")
     return out, proc
 
 
@@ -254,7 +248,7 @@ def test_sigterm_stops_both_ranks_and_resume_ends_as_uninterrupted(search2, tmp_
                             stderr=subprocess.DEVNULL, start_new_session=True)
     log1 = out / "search_paths_rank1.jsonl"
     try:
-        deadline = time.time() + 300
+        deadline = time.time() + HANG
         while time.time() < deadline and proc.poll() is None:
             if log1.is_file() and '"stage": "nonvital"' in log1.read_text():
                 pids = _workers(out)
@@ -263,7 +257,7 @@ def test_sigterm_stops_both_ranks_and_resume_ends_as_uninterrupted(search2, tmp_
                     os.kill(pid, signal.SIGTERM)
                 break
             time.sleep(0.05)
-        rc = proc.wait(timeout=300)
+        rc = proc.wait(timeout=HANG)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -277,7 +271,7 @@ def test_sigterm_stops_both_ranks_and_resume_ends_as_uninterrupted(search2, tmp_
         assert f"stopped by SIGTERM at nonvital global step {stopped_at}" in \
             (out / "log" / f"worker_{r}.log").read_text()
 
-    script("run_search_cpu.sh", 2, CONFIG, out, "--", "--resume", timeout=600)
+    script("run_search_cpu.sh", 2, CONFIG, out, "--", "--resume")
     want = without_rank(read_jsonl(ref / "search_paths_rank0.jsonl"))
     for r in (0, 1):   # every rank resumed from rank 0's checkpoint, bit for bit
         assert without_rank(read_jsonl(out / f"search_paths_rank{r}.jsonl")) == want
@@ -296,7 +290,7 @@ def arch_file(tmp_path_factory) -> Path:
 def test_two_rank_training_and_eval(arch_file, tmp_path):
     out = tmp_path / "train2"
     script("run_distribute_train_cpu.sh", 2, arch_file, "config/train/digits.yaml", out,
-           "--", *TRAIN, timeout=600)
+           "--", *TRAIN)
     s0, s1 = worker_json(out / "log", 0), worker_json(out / "log", 1)
     assert (s0["rank"], s1["rank"], s0["devices"]) == (0, 1, 2)
     assert s0["global_step"] == s1["global_step"] == 4
@@ -339,12 +333,12 @@ def batch_free(arch_file, tmp_path_factory):
     worker = os.path.join(ROOT, "tests", "e2e", "distributed_worker.py")
     e = env()
     subprocess.run([sys.executable, worker, str(one), str(arch_file)], cwd=ROOT, env=e,
-                   check=True, capture_output=True, timeout=300)
+                   check=True, capture_output=True, timeout=HANG)
     proc = subprocess.run(["msrun", "--worker_num=2", "--local_worker_num=2",
                            "--master_addr=127.0.0.1", f"--master_port={e['MASTER_PORT']}",
                            f"--log_dir={two / 'log'}", "--join=True", worker, str(two),
                            str(arch_file), "--distributed"], cwd=ROOT, env=e,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=HANG)
     assert proc.returncode == 0, proc.stdout[-4000:]
     return one, two
 

@@ -24,19 +24,13 @@ import numpy as np
 import pytest
 
 from src.checkpoint import load_checkpoint, remove_stale_temps
-from tests.e2e.helpers import ROOT, cli_env, last_json, run_cli
+from tests.conftest import fixture_text
+from tests.e2e.helpers import HANG, ROOT, cli_env, last_json, run_cli
 
 CONFIG = "tests/fixtures/tiny_search.yaml"
 STEPS = 8  # global steps of the tiny search: 4 in each stage
 SEED = int(os.environ.get("HOURNAS_FAULT_SEED", random.SystemRandom().randrange(10**6)))
-TINY_ARCH = """\
-name: tiny
-input_size: 16
-num_classes: 10
-stem: {c: 8, k: 3, s: 1}
-blocks: [ir_r1_k3_s2_e3_c16, ir_r1_k3_s1_e1_c24]
-head: 32
-"""
+TINY_ARCH = fixture_text("tiny_arch.yaml")
 
 
 def _temps(folder: Path) -> list[str]:
@@ -68,14 +62,14 @@ def _signal_search_at(out: Path, sig: int, global_step: int) -> subprocess.Compl
         proc = subprocess.Popen([sys.executable, "search.py", "--config", CONFIG,
                                  "--output_dir", str(out)], cwd=ROOT, env=cli_env(),
                                 stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.time() + 300
+        deadline = time.time() + HANG
         try:
             while proc.poll() is None and time.time() < deadline:
                 if any(r.get("global_step", 0) >= global_step for r in _log(out)):
                     proc.send_signal(sig)
                     break
                 time.sleep(0.02)
-            proc.wait(timeout=120)
+            proc.wait(timeout=HANG)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -84,11 +78,11 @@ def _signal_search_at(out: Path, sig: int, global_step: int) -> subprocess.Compl
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[Path, dict]:
-    """One uninterrupted search of the seed every interrupted one is compared with."""
-    out = tmp_path_factory.mktemp("faults") / "reference"
-    return out, last_json(run_cli("search.py", "--config", CONFIG, "--output_dir", str(out),
-                                  "--json").stdout)
+def reference(tiny_search_run) -> tuple[Path, dict]:
+    """One uninterrupted search of the seed every interrupted one is compared with (the
+    session's tiny search, tests/conftest.py)."""
+    out, summary, _ = tiny_search_run
+    return out, summary
 
 
 def _assert_same_search(out: Path, ref: Path, summary: dict, ref_summary: dict, why: str):
@@ -133,10 +127,12 @@ def test_signal_saves_state_exits_and_resume_is_exact(reference, tmp_path, sig):
     _assert_same_search(out, reference[0], resumed, reference[1], why)
 
 
-def test_sigkill_at_a_random_step_then_resume_is_exact(reference, tmp_path):
-    """SIGKILL (no handler runs) anywhere in either stage, even inside a checkpoint write."""
-    step = random.Random(f"{SEED}-kill").randint(1, STEPS - 2)
-    why = f"SIGKILL after global step {step} (HOURNAS_FAULT_SEED={SEED})"
+@pytest.mark.parametrize("stage,first,last", [("vital", 1, STEPS // 2 - 1),
+                                               ("nonvital", STEPS // 2 + 1, STEPS - 2)])
+def test_sigkill_at_a_random_step_then_resume_is_exact(reference, tmp_path, stage, first, last):
+    """SIGKILL (no handler runs) anywhere in each stage, even inside a checkpoint write."""
+    step = random.Random(f"{SEED}-kill-{stage}").randint(first, last)
+    why = f"SIGKILL in the {stage} stage after global step {step} (HOURNAS_FAULT_SEED={SEED})"
     out = tmp_path / "run"
     proc = _signal_search_at(out, signal.SIGKILL, step)
     assert proc.returncode == -signal.SIGKILL, f"{why}\n{proc.stderr}"
@@ -174,7 +170,7 @@ def test_search_nan_stops_naming_the_step_and_keeps_the_last_good_state(tmp_path
     assert cmd == (f"python search.py --config {out / 'config.yaml'} --output_dir {out} "
                    f"--resume --set search.w_lr=3"), cmd
     again = subprocess.run([sys.executable, *shlex.split(cmd)[1:]], cwd=ROOT, env=cli_env(),
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=HANG)
     assert "learning rate changed on resume: search.w_lr 30.0 -> 3.0" in again.stdout, \
         again.stdout + again.stderr
     assert f"resuming vital stage at epoch 1 step {kept}" in again.stdout
@@ -300,7 +296,7 @@ def test_full_disk_keeps_the_last_state_and_resume_is_exact(reference, tmp_path)
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "search.py", "--config", CONFIG, "--output_dir",
                            str(out)], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
-                          timeout=300, preexec_fn=small_disk)
+                          timeout=HANG, preexec_fn=small_disk)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     err = proc.stderr.strip().splitlines()[-1]

@@ -2,10 +2,6 @@
 import itertools
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -13,21 +9,19 @@ import yaml
 
 from src.resource import resource_table
 from src.space.space import load_arch, load_space
-from tests.e2e.helpers import ROOT, cli_env, last_json, run_cli
+from tests.e2e.helpers import ROOT, last_json, run_cli
 
 CONFIG = "tests/fixtures/tiny_search.yaml"
 
 
-def _search(out, *extra, timeout=600):
-    return run_cli("search.py", "--config", CONFIG, "--output_dir", str(out), "--json", *extra,
-                   timeout=timeout)
+def _search(out, *extra):
+    return run_cli("search.py", "--config", CONFIG, "--output_dir", str(out), "--json", *extra)
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("search")
-    proc = _search(out)
-    return out, last_json(proc.stdout), proc
+def full_run(tiny_search_run):
+    """The session's tiny search (tests/conftest.py): (folder, summary, process)."""
+    return tiny_search_run
 
 
 def test_search_writes_a_retrainable_architecture(full_run):
@@ -75,45 +69,7 @@ def test_derivation_meets_targets_when_possible(full_run):
         assert abs(err) <= tol, (k, err)
 
 
-def _kill_during(out, stage, step, extra=()):
-    """Start a search and SIGKILL it once its log shows `stage` at `step`."""
-    cmd = [sys.executable, os.path.join(ROOT, "search.py"), "--config", CONFIG,
-           "--output_dir", str(out), *extra]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    log = out / "search_log.jsonl"
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError("the search finished before it could be killed")
-            if log.exists():
-                recs = [json.loads(x) for x in open(log).read().splitlines() if x.strip()]
-                if any(r.get("stage") == stage and r.get("step", 0) >= step for r in recs):
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait()
-                    return
-            time.sleep(0.05)
-        raise AssertionError("timed out waiting for the kill point")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
-@pytest.mark.parametrize("stage,step", [("vital", 2), ("nonvital", 3)])
-def test_resume_after_sigkill_is_exact(full_run, tmp_path, stage, step):
-    ref_out, ref, _ = full_run
-    out = tmp_path / "killed"
-    _kill_during(out, stage, step)
-    summary = last_json(_search(out, "--resume").stdout)
-    assert summary["ops"] == ref["ops"]
-    a = np.load(ref_out / "arch_params.npz")
-    b = np.load(out / "arch_params.npz")
-    for key in a.files:
-        assert np.array_equal(a[key], b[key]), key
-    # the log has one record per step, as an uninterrupted run's
-    log = [json.loads(x) for x in open(out / "search_log.jsonl")]
-    assert [r["global_step"] for r in log] == list(range(1, 9))
+# Kill-and-resume (SIGKILL in each stage, SIGTERM, SIGINT, a full disk): tests/e2e/test_faults.py.
 
 
 def test_no_vital_priori_single_stage(tmp_path):

@@ -16,23 +16,18 @@ import pytest
 from src.checkpoint import load_checkpoint
 from src.resource import count
 from src.space.space import load_arch
+from tests.conftest import fixture_text
+from tests.e2e.helpers import HANG
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = """\
-name: tiny
-input_size: 16
-num_classes: 10
-stem: {c: 8, k: 3, s: 1}
-blocks: [ir_r1_k3_s2_e3_c16, ir_r2_k5_s1_e3_c16_se0.25, skip_r1_s2_c24, ir_r1_k3_s1_e1_c24]
-head: 32
-"""
+TINY = fixture_text("tiny_arch_mixed.yaml")
 # 2 epochs x 8 steps of 32, a checkpoint every 3 steps (and at epoch ends), a log line per step
 TRAIN = ["--epochs", "2", "--batch_size", "32", "--set", "data.image_size=16",
          "--set", "train.steps_per_epoch=8", "--set", "train.ckpt_every=3",
          "--set", "train.log_every=1", "--set", "train.lr=0.2", "--set", "train.ckpt_keep=10"]
 
 
-def cli(*args, check=True, timeout=300):
+def cli(*args, check=True, timeout=HANG):
     proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
     if check and proc.returncode != 0:
@@ -109,7 +104,7 @@ def test_resume_after_sigkill_continues_exactly(tiny, reference_run, tmp_path):
                              "--output_dir", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     log = out / "train_log.jsonl"
-    deadline = time.time() + 120
+    deadline = time.time() + HANG
     try:
         while time.time() < deadline and proc.poll() is None:
             if log.is_file() and '"event": "checkpoint"' in log.read_text():
@@ -154,13 +149,13 @@ def test_sigterm_saves_and_exits(tiny, tmp_path):
                              "--set", "train.ckpt_every=0", "--output_dir", str(out)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = out / "train_log.jsonl"
-    deadline = time.time() + 120
+    deadline = time.time() + HANG
     while time.time() < deadline and proc.poll() is None:
         if log.is_file() and '"event": "step"' in log.read_text():
             proc.send_signal(signal.SIGTERM)
             break
         time.sleep(0.01)
-    text, _ = proc.communicate(timeout=120)
+    text, _ = proc.communicate(timeout=HANG)
     assert proc.returncode == 128 + signal.SIGTERM, text
     assert "stopped by SIGTERM" in text and "--resume" in text
     stop = [r for r in read_log(out) if r["event"] == "stop"][-1]
@@ -213,18 +208,6 @@ def test_profile_json_matches_the_counter():
 
 # ----------------------------------------------------------------------------- the other recipes
 
-def write_cifar(folder: Path) -> Path:
-    """10,000 random records per .bin (Cifar10Dataset reads exactly that many)."""
-    import numpy as np
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
-        rec = rng.integers(0, 256, size=(10000, 3073), dtype=np.uint8)
-        rec[:, 0] %= 10
-        rec.tofile(folder / name)
-    return folder
-
-
 def write_imagenet(root: Path) -> Path:
     import cv2
     import numpy as np
@@ -238,8 +221,8 @@ def write_imagenet(root: Path) -> Path:
     return root
 
 
-def test_cifar10_recipe_runs(tiny, tmp_path):
-    data = write_cifar(tmp_path / "cifar")
+def test_cifar10_recipe_runs(tiny, cifar_dir, tmp_path):
+    data = cifar_dir
     proc = cli("train.py", "--config", "config/train/cifar10.yaml", "--arch", tiny,
                "--data_path", data, "--epochs", "1", "--batch_size", "16",
                "--set", "data.image_size=16",

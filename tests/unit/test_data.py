@@ -9,6 +9,7 @@ import pytest
 from src.data import (CIFAR_RECORD, CIFAR_TEST_FILES, CIFAR_TRAIN_FILES, DataConfig, dataset_info,
                       make_dataset, sample_order, search_split)
 from src.errors import DataError, HourNASError
+from tests.conftest import cifar_label
 
 
 def batches(data):
@@ -132,21 +133,8 @@ def test_start_batch_past_the_end_is_an_error():
 
 # ----------------------------------------------------------------------------- CIFAR-10
 
-def write_cifar(folder, labels_of=lambda f, i: (i + f) % 10):
-    """10,000 random records per file (Cifar10Dataset reads exactly that many)."""
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for fi, name in enumerate(CIFAR_TRAIN_FILES + CIFAR_TEST_FILES):
-        rec = rng.integers(0, 256, size=(10000, CIFAR_RECORD), dtype=np.uint8)
-        rec[:, 0] = labels_of(fi, np.arange(10000))
-        rec.tofile(os.path.join(folder, name))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def cifar_dir(tmp_path_factory):
-    return write_cifar(str(tmp_path_factory.mktemp("cifar")))
-
+# cifar_dir (tests/conftest.py): one folder of random records per session, label of record r
+# of file f: cifar_label(f, r)
 
 def test_cifar_fixture_reads_in_host_order(cifar_dir):
     cfg = DataConfig(name="cifar10", path=cifar_dir, num_workers=2)
@@ -156,7 +144,7 @@ def test_cifar_fixture_reads_in_host_order(cifar_dir):
     got = batches(make_dataset(cfg, "train", 4, indices=idx))
     assert got[0][0].shape == (4, 3, 32, 32) and got[0][0].dtype == np.float32
     assert got[0][1].dtype == np.int32
-    expect = [(i % 10000 + i // 10000) % 10 for i in idx]      # label of file f, record r
+    expect = [cifar_label(i // 10000, i % 10000) for i in idx]   # label of file f, record r
     assert got[0][1].tolist() == expect
 
 
@@ -172,13 +160,15 @@ def test_cifar_augmentation_reproducible(cifar_dir):
     assert not np.array_equal(a[0][0], c[0][0])
 
 
-def test_cifar_truncated_bin_is_a_clear_error(tmp_path):
-    folder = write_cifar(str(tmp_path / "c"))
-    path = os.path.join(folder, "data_batch_3.bin")
-    with open(path, "r+b") as fh:
+def test_cifar_truncated_bin_is_a_clear_error(cifar_dir, tmp_path):
+    # the shared folder's files, linked, but data_batch_3.bin one record and a byte short
+    for name in CIFAR_TRAIN_FILES + CIFAR_TEST_FILES:
+        os.symlink(os.path.join(cifar_dir, name), tmp_path / name)
+    os.remove(tmp_path / "data_batch_3.bin")
+    with open(tmp_path / "data_batch_3.bin", "wb") as fh:
         fh.truncate(CIFAR_RECORD * 9999)
     with pytest.raises(DataError, match=r"data_batch_3.bin' has 30726927 bytes; expected 30730000"):
-        dataset_info(DataConfig(name="cifar10", path=folder))
+        dataset_info(DataConfig(name="cifar10", path=str(tmp_path)))
 
 
 def test_cifar_missing_files_named(tmp_path):
