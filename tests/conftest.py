@@ -27,6 +27,15 @@ def cifar_label(file_index: int, record):
     return (record + file_index) % 10
 
 
+@pytest.fixture(scope="session", autouse=True)
+def device_context():
+    """The test process sets up MindSpore's CPU context once, before any test, as every entry
+    point does: a kernel run before ``setup_context`` would make later calls to it fail, and
+    then which test ran first would decide which tests pass. Tests may still switch the mode."""
+    from src.context import setup_context
+    return setup_context("CPU", mode="graph")
+
+
 @pytest.fixture(scope="session")
 def cifar_dir(tmp_path_factory) -> str:
     """A CIFAR-10 binary folder: 10,000 random records per file (Cifar10Dataset reads exactly
