@@ -87,7 +87,7 @@ def atomic_write(path: str, write_fn: Callable[[str], Any]) -> str:
             except OSError:
                 pass
         if isinstance(e, OSError):  # disk full, quota, file size limit, I/O error
-            from src.cli import os_error_hint
+            from src.errors import os_error_hint
             kept = "the previous file is kept" if os.path.exists(path) else "nothing was written"
             raise CheckpointError(f"writing '{path}' failed: {e.strerror or e}; "
                                   f"{os_error_hint(e.errno)}; {kept}") from e

@@ -26,9 +26,10 @@ import sys
 import traceback
 import typing
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import Any
 
-from src.errors import HourNASError, Stopped
+from src.errors import HourNASError, Stopped, os_error_hint
+from src.runlog import log
 
 DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
 
@@ -68,21 +69,6 @@ def common_parser(description: str | None = None) -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- output
 
-class _Logger:
-    """Human progress lines: stdout normally, stderr under --json (stdout stays JSON)."""
-
-    def __init__(self) -> None:
-        self.to_stderr = False
-
-    def configure(self, json_mode: bool) -> None:
-        self.to_stderr = bool(json_mode)
-
-    def __call__(self, msg: Any) -> None:
-        stream: TextIO = sys.stderr if self.to_stderr else sys.stdout
-        print(msg, file=stream, flush=True)
-
-
-log = _Logger()
 
 
 def _jsonable(obj: Any) -> Any:
@@ -146,27 +132,6 @@ def overrides_from_args(args: argparse.Namespace, schema_cls: type) -> list[str]
 
 
 # ----------------------------------------------------------------------------- main wrapper
-
-_OS_HINTS = {
-    errno.ENOSPC: "the disk is full; free space or choose an --output_dir on another disk",
-    errno.EDQUOT: "the disk quota is exhausted; free space or choose another --output_dir",
-    errno.EACCES: "permission denied; choose a path you may read/write (e.g. another --output_dir)",
-    errno.EPERM: "permission denied; choose a path you may read/write (e.g. another --output_dir)",
-    errno.EROFS: "the file system is read-only; choose another --output_dir",
-    errno.ENOTDIR: "a part of the path is a file, not a folder; fix the path",
-    errno.EISDIR: "it is a folder where a file is expected; fix the path",
-    errno.ENOENT: "it does not exist; check the path",
-    errno.ENAMETOOLONG: "the path is too long; use a shorter one",
-    errno.EFBIG: "the file is larger than this process may write (ulimit -f) or the file system "
-                 "allows; raise the limit or choose another --output_dir",
-    errno.EIO: "the storage reported an I/O error; check the disk or choose another --output_dir",
-}
-
-
-def os_error_hint(code: int | None) -> str:
-    """What to do about a failed file operation with this errno."""
-    return _OS_HINTS.get(code, "check the path, its permissions and the free disk space")
-
 
 def os_error_message(e: OSError) -> str:
     """One line for a failed file operation: what, where, what to do."""

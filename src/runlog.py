@@ -12,6 +12,8 @@
 - ``digest`` / ``params_digest``: sha256 over named arrays (equal digests, equal bits).
 - ``cosine``: the cosine learning-rate curve.
 - ``hms`` and ``StepClock``: h:mm:ss, seconds per step and the ETA.
+- ``log``: the progress printer (stdout, or stderr under ``--json``); the entry points
+  configure it (``src.cli``), the library only calls it, so it never imports the CLI module.
 
 Nothing here imports MindSpore at module level or touches device state (``src.context``).
 """
@@ -22,7 +24,8 @@ import json
 import math
 import os
 import signal
-from typing import Callable, Iterable
+import sys
+from typing import Any, Callable, Iterable, TextIO
 
 import numpy as np
 
@@ -224,3 +227,20 @@ class StepClock:
     def eta(self, remaining: int) -> str:
         """h:mm:ss for ``remaining`` steps; 'after compile' while only the first step ran."""
         return hms(self.per_step() * remaining) if self.later else "after compile"
+
+
+class ConsoleLog:
+    """Human progress lines: stdout normally, stderr under --json (stdout stays JSON)."""
+
+    def __init__(self) -> None:
+        self.to_stderr = False
+
+    def configure(self, json_mode: bool) -> None:
+        self.to_stderr = bool(json_mode)
+
+    def __call__(self, msg: Any) -> None:
+        stream: TextIO = sys.stderr if self.to_stderr else sys.stdout
+        print(msg, file=stream, flush=True)
+
+
+log = ConsoleLog()  # the one progress printer: entry points configure it (src/cli.py), the library calls it

@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from src.checkpoint import remove_stale_temps
-from src.cli import log
+from src.runlog import log
 from src.config import save_config
 from src.data import dataset_info, search_split
 from src.errors import HourNASError

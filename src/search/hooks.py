@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from src.cli import log
+from src.runlog import log
 from src.context import agree_stop
 from src.errors import HourNASError, Stopped
 from src.jsonlog import read_jsonl

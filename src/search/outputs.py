@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from src.checkpoint import atomic_write, atomic_write_text
-from src.cli import log
+from src.runlog import log
 from src.config import format_size
 from src.resource import count
 from src.search.derive import Derived, derive_from_distributions, relative_errors

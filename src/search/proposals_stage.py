@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from src.checkpoint import atomic_write_text
-from src.cli import log
+from src.runlog import log
 from src.errors import HourNASError
 from src.proposal import (compliance_report, feasible_range, format_objective, plot_proposals,
                           solve_proposals, check_feasible)

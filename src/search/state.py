@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from src.checkpoint import check_fit, load_checkpoint, save_checkpoint
-from src.cli import log
+from src.runlog import log
 from src.config import to_dict
 from src.errors import CheckpointError, HourNASError
 from src.runlog import check_resume_config, config_changes, describe_changes, nonfinite
