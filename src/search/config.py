@@ -58,6 +58,9 @@ class ProposalConfig:
                                f"{', '.join(ORTHOGONALITY)}")
 
 
+W_LR_SCHEDULES = ("cosine", "constant")
+
+
 @dataclass
 class SearchParams:
     """Algorithm 1: bilevel search of the vital layers, then of the non-vital ones."""
@@ -67,6 +70,7 @@ class SearchParams:
     steps_per_epoch: int | None = None  # cap per epoch (tiny runs); None = the whole split
     batch_size: int = 64
     w_lr: float = 0.1
+    w_lr_schedule: str = "cosine"    # the weights' lr over a stage: cosine (to 0) | constant
     w_momentum: float = 0.9
     w_weight_decay: float = 4e-5
     arch_lr: float = 0.01
@@ -109,6 +113,9 @@ class SearchParams:
         if not self.tolerance > 0:
             raise HourNASError(f"search.tolerance must be > 0 (e.g. 0.02 for ±2%), got "
                                f"{self.tolerance}")
+        if self.w_lr_schedule not in W_LR_SCHEDULES:
+            raise HourNASError(f"unknown search.w_lr_schedule '{self.w_lr_schedule}'; valid: "
+                               f"{', '.join(W_LR_SCHEDULES)}")
         if self.sampler not in SAMPLERS:
             raise HourNASError(f"unknown search.sampler '{self.sampler}'; valid: "
                                f"{', '.join(SAMPLERS)}")

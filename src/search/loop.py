@@ -66,7 +66,7 @@ def bilevel_loop(run, stage: Stage, hooks: Sequence[Callable[[Iteration], None]]
     for x, y in weight_batches(run, stage.epochs):
         t0 = time.perf_counter()
         tau = run.tau.value(state.global_step)
-        lr = cosine_lr(p.w_lr, state.stage_step, total)
+        lr = weight_lr(p, state.stage_step, total)
         # weights: a path sampled from θ (Π, Θ), SGD on its weights, 80% split
         w_path = sample_path(arch, run.noise, tau)
         w = stage.executor.weight_step(x, y, w_path, lr)
@@ -80,6 +80,12 @@ def bilevel_loop(run, stage: Stage, hooks: Sequence[Callable[[Iteration], None]]
         it = Iteration(stage.name, tau, lr, w_path, w, a_path, a, time.perf_counter() - t0)
         for hook in hooks:
             hook(it)
+
+
+def weight_lr(p, step: int, total: int) -> float:
+    """The weights' learning rate at ``step`` of a stage of ``total`` (``search.w_lr_schedule``:
+    cosine from ``w_lr`` to 0, or ``w_lr`` throughout)."""
+    return p.w_lr if p.w_lr_schedule == "constant" else cosine_lr(p.w_lr, step, total)
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:

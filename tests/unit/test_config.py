@@ -247,3 +247,18 @@ def test_no_vital_priori_flag_is_an_override_saved_as_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["search"]["vital_priori"] is False and saved["search"]["epochs_vital"] == 0
+
+
+def test_search_weight_lr_schedule_is_checked_and_followed():
+    """search.w_lr_schedule: cosine (the default) falls to 0 over a stage, constant keeps
+    w_lr; anything else is refused by name when the config is loaded."""
+    from src.search.config import SearchConfig
+    from src.search.loop import weight_lr
+    with pytest.raises(HourNASError, match="unknown search.w_lr_schedule 'step'; valid: cosine, constant"):
+        load_config(SearchConfig, None, ["search.w_lr_schedule=step"])
+    cos = load_config(SearchConfig, None, ["search.w_lr=0.2"]).search
+    const = load_config(SearchConfig, None, ["search.w_lr=0.2", "search.w_lr_schedule=constant"]).search
+    assert cos.w_lr_schedule == "cosine"
+    assert [weight_lr(cos, s, 4) for s in (0, 2)] == [0.2, pytest.approx(0.1)]
+    assert weight_lr(cos, 4, 4) == pytest.approx(0.0, abs=1e-12)
+    assert [weight_lr(const, s, 4) for s in (0, 2, 4)] == [0.2, 0.2, 0.2]
