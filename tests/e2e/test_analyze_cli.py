@@ -104,7 +104,8 @@ def test_ablations_run_one_tiny_config(tmp_path):
     """The runner around the real search.py: one tiny config, one step per stage."""
     proc = run("analyze.py", "ablations", "--configs", "no_vital_priori", "--output_dir",
                str(tmp_path), "--set", "search.steps_per_epoch=1", "--set",
-               "proposal.report_samples=100", "--json", check=False)
+               "search.epochs_nvital=1", "--set", "proposal.report_samples=100", "--json",
+               check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = last_json(proc)
     (row,) = result["rows"]
