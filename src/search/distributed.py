@@ -70,11 +70,6 @@ class GradMean:
             pos += a.size
         return out
 
-    def agree_stop(self, signum: int | None) -> int | None:
-        """The signal that stops every rank after this step (``src.context.agree_stop``)."""
-        from src.context import agree_stop
-        return agree_stop(signum)
-
     def barrier(self) -> None:
         """Wait until every rank gets here (a one-number AllReduce)."""
         import mindspore as ms
