@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
-import errno
 import json
 import math
 import os
@@ -28,7 +27,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from src.errors import HourNASError, Stopped, os_error_hint
+from src.errors import OS_HINTS, HourNASError, Stopped, os_error_hint
 from src.runlog import log
 
 DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
@@ -207,7 +206,7 @@ def _run(main_fn: Callable[[argparse.Namespace], int | None], args: argparse.Nam
     except OSError as e:
         if debug:
             traceback.print_exc()
-        if not (e.filename or e.errno in _OS_HINTS):  # not about a path: an internal error
+        if not (e.filename or e.errno in OS_HINTS):  # not about a path: an internal error
             print(f"error: internal error: {type(e).__name__}: {_one_line(e)[:300]}"
                   f"{'' if debug else ' (run with --debug for the traceback)'}",
                   file=sys.stderr, flush=True)

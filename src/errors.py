@@ -41,7 +41,7 @@ class Stopped(Exception):
 
 
 # what to do about a failed file operation, by errno (src.cli.os_error_message, checkpoints)
-_OS_HINTS = {
+OS_HINTS = {
     errno.ENOSPC: "the disk is full; free space or choose an --output_dir on another disk",
     errno.EDQUOT: "the disk quota is exhausted; free space or choose another --output_dir",
     errno.EACCES: "permission denied; choose a path you may read/write (e.g. another --output_dir)",
@@ -59,4 +59,4 @@ _OS_HINTS = {
 
 def os_error_hint(code: int | None) -> str:
     """What to do about a failed file operation with this errno."""
-    return _OS_HINTS.get(code, "check the path, its permissions and the free disk space")
+    return OS_HINTS.get(code, "check the path, its permissions and the free disk space")

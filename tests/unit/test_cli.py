@@ -91,6 +91,22 @@ def test_internal_error_exit_1_with_hint_and_debug_traceback(capsys):
     assert err.splitlines()[-1] == "error: internal error: ValueError: boom"
 
 
+def test_file_error_without_a_path_is_one_line_exit_2(capsys):
+    """A full disk met by a write (an OSError with an errno but no file name) is a file error
+    with what to do, not an internal error."""
+    import errno
+
+    def main(args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(SystemExit) as e:
+        run_main(main, [])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: file operation failed on a file: No space left on device; the disk is full; "
+        "free space or choose an --output_dir on another disk\n")
+
+
 def test_keyboard_interrupt_exit_130(capsys):
     def main(args):
         raise KeyboardInterrupt
