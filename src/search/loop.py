@@ -3,8 +3,8 @@
 One iteration is one weight step then one architecture step:
 
 1. a batch of the 80% split (``weight_batches``), a path sampled from θ (stage 2: a proposal
-   from Π, then a path from its θ_j) with fresh Gumbel noise, SGD on that path's weights with
-   the cosine learning rate (lines 5 / 17);
+   from Π, then a path from its θ_j) with fresh Gumbel noise, SGD on that path's weights at
+   ``weight_lr`` (``search.w_lr_schedule``: cosine or constant) (lines 5 / 17);
 2. a batch of the 20% split (``arch_batches``), another path with fresh noise, the gradient of
    CE (+ α·T in stage 2) for θ (Π, Θ), Adam on the host (lines 8 / 20).
 
