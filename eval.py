@@ -99,6 +99,7 @@ def main(args) -> int:
         raise HourNASError("give --ckpt PATH (or --arch FILE --profile)")
     from src.checkpoint import load_checkpoint, require_training_checkpoint
     from src.context import setup_context
+    from src.data import dataset_info
     from src.trainer import TrainConfig, evaluate, load_network
 
     if args.batch_size is not None and args.batch_size < 1:
@@ -113,6 +114,11 @@ def main(args) -> int:
         verify_dataset(cfg.data, log)
     setup_context(cfg.device_target, "graph")
     net, arch, extra = load_network(args.ckpt, args.arch)
+    channels = dataset_info(cfg.data).channels
+    if channels != arch.in_channels:
+        raise HourNASError(f"{arch.name} takes {arch.in_channels}-channel images but "
+                           f"{cfg.data.name} has {channels}-channel ones; evaluate it on a "
+                           f"dataset like the one it was trained on")
     batch = args.batch_size or cfg.train.eval_batch_size or cfg.train.batch_size
     r = evaluate(net, cfg.data, batch)
     log(f"{arch.name} on {cfg.data.name} eval split: top-1 {r['top1']:.2f}%  top-5 "

@@ -175,8 +175,8 @@ class TrainConfig:
 
 def resolve_arch(arch: Arch | str, info: DatasetInfo, params: TrainParams,
                  log: Callable[[str], None] | None = None) -> Arch:
-    """The architecture to train: sized for the dataset (classes, input size) and with the
-    recipe's activation/dropout overrides. Prints what it changed."""
+    """The architecture to train: sized for the dataset (classes, input size, input channels)
+    and with the recipe's activation/dropout overrides. Prints what it changed."""
     if isinstance(arch, str):
         arch = load_arch(arch)
     changes = {}
@@ -184,6 +184,8 @@ def resolve_arch(arch: Arch | str, info: DatasetInfo, params: TrainParams,
         changes["num_classes"] = info.num_classes
     if arch.input_size != info.image_size:
         changes["input_size"] = info.image_size
+    if arch.in_channels != info.channels:
+        changes["in_channels"] = info.channels
     if params.dropout is not None and params.dropout != arch.dropout:
         changes["dropout"] = params.dropout
     conv = arch.conventions
@@ -404,8 +406,10 @@ def load_network(ckpt: str, arch_path: str | None = None):
 
 
 def _like(arch: Arch, stored: dict) -> Arch:
-    """``arch`` with the stored record's classes/input size/activation, as training sized it."""
+    """``arch`` with the stored record's classes/input size/input channels/activation, as
+    training sized it."""
     data = arch.to_dict()
+    data["in_channels"] = stored.get("in_channels", 3)  # a record stores it when it is not 3
     for key in ("num_classes", "input_size"):
         if key in stored:
             data[key] = stored[key]

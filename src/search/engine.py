@@ -271,6 +271,7 @@ def prepare_space(cfg: SearchConfig) -> tuple[Space, SearchConfig]:
                            f"set data.image_size={space.input_size}")
     if info.num_classes != space.num_classes:
         space.num_classes = info.num_classes
+    space.in_channels = info.channels
     return space, cfg
 
 

@@ -1,4 +1,5 @@
-"""src/data.py: host-decided order, splits, shards, digits, CIFAR-10 and ImageNet checks."""
+"""src/data/: host-decided order, splits, shards, digits, CIFAR-10 and ImageNet checks
+(Fashion-MNIST: tests/unit/test_fashion_mnist.py)."""
 from __future__ import annotations
 
 import os
@@ -19,7 +20,8 @@ def batches(data):
 # ----------------------------------------------------------------------------- config
 
 def test_unknown_dataset_lists_valid_ones():
-    with pytest.raises(HourNASError, match="unknown dataset 'mnist'; valid: digits, cifar10, imagenet"):
+    with pytest.raises(HourNASError, match="unknown dataset 'mnist'; valid: digits, cifar10, "
+                                           "imagenet, fashion_mnist"):
         DataConfig(name="mnist").validate()
 
 
@@ -126,6 +128,46 @@ def test_digits_augmentation_reproducible_and_resumable():
     assert all(np.array_equal(x[0], y[0]) for x, y in zip(a[5:], resumed))
 
 
+def _augment_digits_loop(x, cutout, crop, seed, epoch):
+    """The per-sample loop the vectorised digits augmentation replaced (the reference)."""
+    from src.data.digits import DIGITS_MEAN, DIGITS_STD
+    n, _, h, w = x.shape
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, epoch & 0xFFFFFFFF, 0xA06])
+    pad = max(1, h // 8)
+    dy = rng.integers(0, 2 * pad + 1, size=n)
+    dx = rng.integers(0, 2 * pad + 1, size=n)
+    cy = rng.integers(0, h, size=n)
+    cx = rng.integers(0, w, size=n)
+    out = x
+    if crop:
+        padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)),
+                        constant_values=(0.0 - DIGITS_MEAN) / DIGITS_STD)
+        out = np.empty_like(x)
+        for i in range(n):
+            out[i] = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+    if cutout > 0:
+        out = out.copy() if out is x else out
+        half = cutout // 2
+        for i in range(n):
+            y0, y1 = max(0, cy[i] - half), min(h, cy[i] + half)
+            x0, x1 = max(0, cx[i] - half), min(w, cx[i] + half)
+            out[i, :, y0:y1, x0:x1] = 0.0
+    return out
+
+
+@pytest.mark.parametrize("size,cutout,crop,seed,epoch", [
+    (16, 4, True, 7, 3), (32, 0, True, 0, 0), (32, 9, False, 123, 1), (24, 6, True, 2**40, 5)])
+def test_vectorised_digits_augmentation_is_the_loop_bit_for_bit(size, cutout, crop, seed, epoch):
+    from src.data.digits import augment_digits, digits_arrays
+    x, _ = digits_arrays(size, "train")
+    before = x.copy()
+    got = augment_digits(x, cutout, crop, seed, epoch)
+    want = _augment_digits_loop(x, cutout, crop, seed, epoch)
+    assert got.dtype == want.dtype == np.float32
+    assert got.tobytes() == want.tobytes()
+    assert np.array_equal(x, before)  # the input is left as it was
+
+
 def test_start_batch_past_the_end_is_an_error():
     with pytest.raises(HourNASError, match="past the end"):
         make_dataset(DataConfig(image_size=16), "eval", 100, start_batch=4)
@@ -168,6 +210,18 @@ def test_cifar_truncated_bin_is_a_clear_error(cifar_dir, tmp_path):
     with open(tmp_path / "data_batch_3.bin", "wb") as fh:
         fh.truncate(CIFAR_RECORD * 9999)
     with pytest.raises(DataError, match=r"data_batch_3.bin' has 30726927 bytes; expected 30730000"):
+        dataset_info(DataConfig(name="cifar10", path=str(tmp_path)))
+
+
+def test_cifar_label_out_of_range_in_any_file_is_named(cifar_dir, tmp_path):
+    for name in CIFAR_TRAIN_FILES + CIFAR_TEST_FILES:
+        if name != "data_batch_3.bin":
+            os.symlink(os.path.join(cifar_dir, name), tmp_path / name)
+    records = np.fromfile(os.path.join(cifar_dir, "data_batch_3.bin"), np.uint8)
+    records[1234 * CIFAR_RECORD] = 200
+    records.tofile(tmp_path / "data_batch_3.bin")
+    with pytest.raises(DataError, match=r"data_batch_3.bin' has label 200 \(record 1234\); "
+                                        r"CIFAR-10 labels are 0..9"):
         dataset_info(DataConfig(name="cifar10", path=str(tmp_path)))
 
 
@@ -280,15 +334,16 @@ def test_verify_images_reports_every_broken_file_in_order(tmp_path):
 
 def test_large_folder_is_checked_on_a_sample_and_verify_data_checks_all(tmp_path, monkeypatch):
     import src.data as data
+    from src.data import imagenet, pipeline  # the modules that look the patched names up
     root = write_imagenet(str(tmp_path / "in"), per_class=(4, 4))
     bad = os.path.join(root, "train", "b", "b_2.JPEG")
     with open(bad, "rb") as fh:
         raw = fh.read()
     with open(bad, "wb") as fh:
         fh.write(raw[:len(raw) // 2])
-    monkeypatch.setattr(data, "_IMAGE_CHECK_ALL", 5)  # "large": a sample of 1 + first per class
-    monkeypatch.setattr(data, "_IMAGE_SAMPLE", 1)
-    monkeypatch.setattr(data, "_INFO_CACHE", {})
+    monkeypatch.setattr(imagenet, "_IMAGE_CHECK_ALL", 5)  # "large": sample 1 + first per class
+    monkeypatch.setattr(imagenet, "_IMAGE_SAMPLE", 1)
+    monkeypatch.setattr(pipeline, "_INFO_CACHE", {})
     cfg = DataConfig(name="imagenet", path=root, image_size=16, num_workers=1)
     dataset_info(cfg)  # b_2 is neither the sampled image nor a first one
     lines = []
@@ -301,7 +356,7 @@ def test_large_folder_is_checked_on_a_sample_and_verify_data_checks_all(tmp_path
 def test_pipeline_failure_names_the_file_and_leaves_the_cwd_clean(tmp_path, monkeypatch, capsys):
     """The broken image slips past the sample; MindSpore's Decode fails during the run (and
     dumps ./abnormal_image.jpg): one error line naming the file, exit 2, nothing left."""
-    import src.data as data
+    from src.data import imagenet, pipeline
     from src.cli import run_main
     root = write_imagenet(str(tmp_path / "in"), per_class=(4, 4))
     bad = os.path.join(root, "train", "b", "b_2.JPEG")
@@ -309,9 +364,9 @@ def test_pipeline_failure_names_the_file_and_leaves_the_cwd_clean(tmp_path, monk
         raw = fh.read()
     with open(bad, "wb") as fh:
         fh.write(raw[:len(raw) // 2])
-    monkeypatch.setattr(data, "_IMAGE_CHECK_ALL", 5)
-    monkeypatch.setattr(data, "_IMAGE_SAMPLE", 1)
-    monkeypatch.setattr(data, "_INFO_CACHE", {})
+    monkeypatch.setattr(imagenet, "_IMAGE_CHECK_ALL", 5)
+    monkeypatch.setattr(imagenet, "_IMAGE_SAMPLE", 1)
+    monkeypatch.setattr(pipeline, "_INFO_CACHE", {})
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     (cwd / "abnormal_image.keep").write_text("the user's own file\n")

@@ -83,6 +83,28 @@ def test_resolve_arch_sizes_for_the_data_and_overrides_activation():
     assert isinstance(net.classifier.fc, nn.Dense) and net.classifier.fc.out_channels == 10
 
 
+def test_resolve_arch_takes_the_datasets_channels_and_logs_it():
+    import mindspore as ms
+    info = DatasetInfo("fashion_mnist", 10, 28, 60000, 10000, channels=1)
+    lines = []
+    arch = resolve_arch("tests/fixtures/tiny_arch.yaml", info, TrainParams(), log=lines.append)
+    assert (arch.in_channels, arch.input_size, arch.to_dict()["in_channels"]) == (1, 28, 1)
+    assert lines == ["architecture tiny: input_size 16 -> 28, in_channels 3 -> 1"]
+    net = create_model(arch)
+    assert net(ms.Tensor(np.zeros((2, 1, 28, 28), np.float32))).shape == (2, 10)
+    same = resolve_arch(arch, info, TrainParams(), log=lines.append)
+    assert same is arch and len(lines) == 1
+
+
+def test_an_arch_given_at_eval_takes_the_trained_channels():
+    from src.trainer import _like
+    arch = load_arch("tests/fixtures/tiny_arch.yaml")
+    trained = resolve_arch(arch, DatasetInfo("fashion_mnist", 10, 28, 1, 1, channels=1),
+                           TrainParams()).to_dict()
+    assert _like(arch, trained).in_channels == 1
+    assert _like(arch, load_arch("tests/fixtures/tiny_arch.yaml").to_dict()).in_channels == 3
+
+
 def test_check_resumable():
     stored = to_dict(load_config(TrainConfig, None, ["arch=x.yaml"]))
     check_resumable(stored, load_config(TrainConfig, None, ["arch=x.yaml", "train.epochs=20",
