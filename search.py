@@ -8,6 +8,9 @@
     python search.py --config config/search/fbnet_cifar10.yaml --data_path DATA [--resume]
         [--no-vital-priori] [--distributed] [--device_target CPU|GPU|Ascend]
 
+    python search.py --strategy random [--num_archs K] [--output_dir DIR] [--json]
+        [--set search.random_fix_vital=runs/search_default/arch.yaml]
+
 Stages:
   all        (default) Algorithm 1: stage 1 searches the vital layers, the space proposals are
              solved for the non-vital ones, stage 2 searches them; writes arch.yaml (retrain it
@@ -16,6 +19,14 @@ Stages:
   proposals  solve the space proposals for the targets (Eq. 7) and report how well the
              architectures sampled from them meet the targets (proposals.npz,
              proposals_report.json, proposals.png in the output folder)
+
+Strategies:
+  hournas    (default) the search above
+  random     the baseline: no training; K architectures (search.num_archs, default 5) drawn
+             uniformly among those within search.tolerance of proposal.targets, with
+             search.seed; search.random_fix_vital (an arch.yaml of the same space) keeps its
+             vital ops. Writes random_01.yaml .. random_K.yaml (retrain each with train.py),
+             random_archs.json and config.yaml; rerunning the same command changes nothing
 
 Without --config, config/search/default.yaml is used. The resolved config is saved as
 config.yaml in the output folder. Infeasible targets: one 'error:' line with the feasible
@@ -58,18 +69,44 @@ def run_full_search(cfg, args) -> dict:
     return summary
 
 
+def run_random(cfg, args) -> dict:
+    """--strategy random: the baseline (src.search.random_baseline), no training."""
+    from src.errors import HourNASError
+    from src.search.random_baseline import run_random_baseline
+
+    for flag, given in (("--stage " + args.stage, args.stage != "all"),
+                        ("--resume", args.resume), ("--distributed", args.distributed)):
+        if given:
+            raise HourNASError(f"{flag} does not apply to --strategy random (it draws "
+                               f"architectures and trains nothing; rerunning it is a no-op)")
+    return run_random_baseline(cfg, cfg.output_dir)
+
+
 def main(args) -> int:
     from src.config import load_config, save_config
+    from src.errors import HourNASError
     from src.search.config import SearchConfig
 
     overrides = overrides_from_args(args, SearchConfig)
-    if args.no_vital_priori:  # a flag is an override: validated with the rest, saved as run
+    # flags are overrides: validated with the rest, saved as run; --set wins
+    if args.no_vital_priori:
         overrides.insert(0, "search.vital_priori=false")
+    if args.strategy is not None:
+        overrides.insert(0, f"search.strategy={args.strategy}")
+    if args.num_archs is not None:
+        overrides.insert(0, f"search.num_archs={args.num_archs}")
     cfg = load_config(SearchConfig, args.config or DEFAULT_CONFIG, overrides)
+    if args.num_archs is not None and cfg.search.strategy != "random":
+        raise HourNASError("--num_archs applies to --strategy random only")
     out_dir = cfg.output_dir
     if args.stage != "describe":
         from src.checkpoint import check_output_dir
         check_output_dir(out_dir)
+    if cfg.search.strategy == "random":
+        summary = run_random(cfg, args)
+        if args.json:
+            emit_json(summary)
+        return 0
     if args.verify_data and args.stage == "all":
         from src.data import verify_dataset
         verify_dataset(cfg.data, log)
@@ -92,6 +129,7 @@ def main(args) -> int:
 
 
 def parser():
+    from src.search.config import STRATEGIES
     p = common_parser(__doc__)
     p.add_argument("--stage", choices=STAGES, default="all",
                    help="which part of the search to run (default: all)")
@@ -105,6 +143,13 @@ def parser():
                    help="ablation (Table 4): one stage over all layers, no vital-block priori")
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel worker under msrun/mpirun (see scripts/)")
+    p.add_argument("--strategy", choices=STRATEGIES, default=None,
+                   help="hournas: the search (default); random: the baseline, architectures "
+                        "drawn uniformly among those that meet the targets, no training "
+                        "(config key search.strategy)")
+    p.add_argument("--num_archs", type=int, default=None, metavar="K",
+                   help="--strategy random: how many architectures to draw (config key "
+                        "search.num_archs, default 5)")
     return p
 
 

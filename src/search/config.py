@@ -10,6 +10,9 @@ from src.errors import HourNASError
 SAMPLERS = ("gumbel_max", "gumbel_softmax", "softmax")
 EXECUTORS = ("auto", "eager", "graph")
 ORTHOGONALITY = ("cosine", "paper")
+# hournas: Algorithm 1. random: the baseline, architectures drawn uniformly among those that
+# meet the same targets (src.search.random_baseline; no training)
+STRATEGIES = ("hournas", "random")
 
 
 @dataclass
@@ -88,6 +91,9 @@ class SearchParams:
     ckpt_every: int = 50
     beam: int = 256
     tolerance: float = 0.02
+    strategy: str = "hournas"           # hournas | random (the baseline: no training)
+    num_archs: int = 5                  # strategy random: how many architectures to draw
+    random_fix_vital: str | None = None  # strategy random: an arch.yaml whose vital ops are kept
 
     def validate(self) -> None:
         if self.epochs_vital < 0:
@@ -113,6 +119,7 @@ class SearchParams:
         if not self.tolerance > 0:
             raise HourNASError(f"search.tolerance must be > 0 (e.g. 0.02 for ±2%), got "
                                f"{self.tolerance}")
+        self._validate_strategy()
         if self.w_lr_schedule not in W_LR_SCHEDULES:
             raise HourNASError(f"unknown search.w_lr_schedule '{self.w_lr_schedule}'; valid: "
                                f"{', '.join(W_LR_SCHEDULES)}")
@@ -128,6 +135,17 @@ class SearchParams:
             raise HourNASError(f"search.tau must be > 0, got {self.tau}")
         if not 0.0 < self.tau_decay <= 1.0:
             raise HourNASError(f"search.tau_decay must be in (0, 1], got {self.tau_decay}")
+
+    def _validate_strategy(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise HourNASError(f"unknown search.strategy '{self.strategy}'; valid: "
+                               f"{', '.join(STRATEGIES)}")
+        if self.num_archs < 1:
+            raise HourNASError(f"search.num_archs (--num_archs) must be >= 1, got "
+                               f"{self.num_archs}")
+        if self.random_fix_vital is not None and not self.random_fix_vital.strip():
+            raise HourNASError("search.random_fix_vital must be the path of an architecture "
+                               "file (e.g. a search's arch.yaml) or null")
 
 
 @dataclass

@@ -28,8 +28,10 @@ from src.search.config import RESUME_LR_KEYS, lower_lr_command
 STATE_FILE = "search_state.ckpt"
 # Config keys a resumed search may change: they do not change what it computes.
 # The learning rates may change too (the log says so): a diverged run continues with lower ones.
+# The random baseline's keys never apply to a search (and checkpoints older than them lack them).
 RESUME_MAY_CHANGE = ("output_dir", "device_target", "data.path", "data.num_workers",
-                     "search.log_every", "search.ckpt_every", "search.w_lr", "search.arch_lr")
+                     "search.log_every", "search.ckpt_every", "search.w_lr", "search.arch_lr",
+                     "search.strategy", "search.num_archs", "search.random_fix_vital")
 _HINT = ("; the space or the config changed since it was written: resume with the same ones, "
          "or start a new search in another --output_dir")
 
