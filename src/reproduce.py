@@ -27,7 +27,7 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 
-from src.config import format_size, load_config, read_yaml
+from src.config import format_size, load_config, read_yaml, to_dict
 from src.errors import ConfigError, HourNASError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,11 +67,24 @@ class PaperFigures:
 
 
 @dataclass
+class PublishedFigure:
+    """A published result on the same data to set beside ours (not the HourNAS paper's),
+    e.g. a row of a dataset's own benchmark table."""
+
+    model: str
+    top1: float                  # test accuracy, %
+    params_m: float | None = None
+    note: str = ""
+
+
+@dataclass
 class Experiment:
     description: str
     search: str                  # search config, relative to the repository root
     train: str                   # training recipe, relative to the repository root
     paper: PaperFigures | None = None
+    published: list[PublishedFigure] = field(default_factory=list)
+    published_source: str = ""   # where the ``published`` figures come from
 
 
 @dataclass
@@ -277,11 +290,13 @@ def check_run(run: Run) -> None:
         if run.data_path:
             raise HourNASError(f"experiment '{run.name}' runs on the built-in digits set; give no "
                                f"DATA_PATH")
-    elif not run.data_path:
-        what = ("CIFAR-10's folder (data_batch_1..5.bin, test_batch.bin)" if dataset == "cifar10"
-                else "ImageNet's folder (train/ and val/ class folders)")
+    elif not run.data_path and not (search.data.path and os.path.isdir(search.data.path)):
+        what = {"cifar10": "CIFAR-10's folder (data_batch_1..5.bin, test_batch.bin)",
+                "fashion_mnist": "Fashion-MNIST's folder (the four idx files)"}.get(
+                    dataset, "ImageNet's folder (train/ and val/ class folders)")
         raise HourNASError(f"experiment '{run.name}' needs DATA_PATH: {what}")
-    else:
+    else:  # DATA_PATH, or the folder the row's config names where it exists (Fashion-MNIST's
+        # Debian package)
         dataset_info(search.data)
     for what, batch in (("search.batch_size", search.search.batch_size),
                         ("train.batch_size", train.train.batch_size)):
@@ -344,10 +359,28 @@ def summarize(run: Run) -> dict:
                         "params_m": round(out["params"] / 1e6 - p.params_m, 3),
                         "flops_m": None if p.flops_m is None
                         else round(out["flops"] / 1e6 - p.flops_m, 1)}
+    out["published"] = [to_dict(f) for f in run.exp.published]
+    out["published_source"] = run.exp.published_source
     out["markdown"] = markdown_row(out)
     atomic_write_text(run.path(SUMMARY_JSON), json.dumps(out, indent=2) + "\n")
-    atomic_write_text(run.path(SUMMARY_MD), MD_HEADER + "\n" + out["markdown"] + "\n")
+    atomic_write_text(run.path(SUMMARY_MD), MD_HEADER + "\n" + out["markdown"] + "\n"
+                      + published_markdown(out))
     return out
+
+
+def published_markdown(s: dict) -> str:
+    """Published figures on the same data, with ours on top (empty when the row has none)."""
+    if not s.get("published"):
+        return ""
+    ours = "—" if s["top1"] is None else f"{s['top1']:.2f}"
+    lines = ["", f"Published figures on the same data ({s['published_source']}):", "",
+             "| model | params | test top-1 (%) |", "|---|---|---|",
+             f"| **ours: {s['experiment']}** | {format_size(s['params'])} | **{ours}** |"]
+    for f in s["published"]:
+        params = "—" if f["params_m"] is None else f"{f['params_m']:g}M"
+        note = f" ({f['note']})" if f["note"] else ""
+        lines.append(f"| {f['model']}{note} | {params} | {f['top1']:g} |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown_row(s: dict) -> str:
@@ -414,7 +447,6 @@ def main(args) -> int:
     if args.cmd == "list":
         table = load_table(args.table)
         if args.json:
-            from src.config import to_dict
             print(json.dumps({k: to_dict(v) for k, v in table.items()}))
         else:
             for name, exp in table.items():
@@ -446,6 +478,7 @@ def main(args) -> int:
         s = summarize(run)
         print(MD_HEADER)
         print(s["markdown"])
+        print(published_markdown(s), end="")
         _note(f"summary: {run.path(SUMMARY_JSON)}, {run.path(SUMMARY_MD)}")
     return 0
 
