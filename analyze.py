@@ -4,6 +4,8 @@
     python analyze.py hourglass --arch config/arch/fbnet_a.yaml            # params/FLOPs per block
     python analyze.py report --run runs/search                             # one HTML page per search run
     python analyze.py ablations --set-name all --retrain-epochs 2          # Tables 2, 4, 5
+    python analyze.py compare --config config/compare/fashion_mnist.yaml --data_path DIR
+                                                          # searched nets against random ones
 
 See docs/analysis.md for what each picture shows and how to read it. Exit codes: 0 done,
 1 internal error, 2 bad input (or, for importance/ablations, a result that could not be
@@ -19,9 +21,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from src.cli import ArgumentParser, common_parser, emit_json, log, run_main  # noqa: E402
+from src.data import DATASETS  # noqa: E402
 from src.errors import HourNASError  # noqa: E402
 
-COMMANDS = ("importance", "hourglass", "report", "ablations")
+COMMANDS = ("importance", "hourglass", "report", "ablations", "compare")
 
 
 def _common(sub: argparse.ArgumentParser, flags: tuple[str, ...]) -> None:
@@ -56,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
                      help="probabilities of zeroing a channel (default: 0.3 0.6 1.0)")
     imp.add_argument("--seeds", type=int, default=3, metavar="N",
                      help="random masks per block and p (default 3)")
-    imp.add_argument("--dataset", choices=("digits", "cifar10", "imagenet"),
+    imp.add_argument("--dataset", choices=DATASETS,
                      help="evaluation data (default: the dataset the checkpoint was trained on)")
     imp.add_argument("--batch_size", type=int, default=128, metavar="B")
     imp.add_argument("--max_images", type=int, metavar="N",
@@ -96,7 +99,15 @@ def parser() -> argparse.ArgumentParser:
     abl.add_argument("--dry-run", dest="dry_run", action="store_true",
                      help="print the commands, run nothing")
     _common(abl, ("output_dir", "device_target", "data_path", "overrides", "json", "debug"))
-    for sub in (imp, hg, rep, abl):
+    cmp = subs.add_parser("compare", allow_abbrev=False,
+                          help="the searched networks against random ones of the same size, "
+                               "retrained alike (resumable; docs/results.md)")
+    cmp.add_argument("--config", required=True, metavar="YAML",
+                     help="a comparison config (config/compare/)")
+    cmp.add_argument("--dry-run", dest="dry_run", action="store_true",
+                     help="print the commands, run nothing")
+    _common(cmp, ("output_dir", "device_target", "data_path", "json", "debug"))
+    for sub in (imp, hg, rep, abl, cmp):
         sub.formatter_class = argparse.RawDescriptionHelpFormatter
     return p
 
@@ -197,9 +208,23 @@ def cmd_ablations(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from src.analysis.compare import run_compare
+
+    result = run_compare(args.config, data_path=args.data_path, output_dir=args.output_dir,
+                         device_target=args.device_target, dry_run=args.dry_run, log=log)
+    if args.dry_run:
+        return 0
+    with open(os.path.join(result["output_dir"], "compare.md"), encoding="utf-8") as f:
+        log(f.read().rstrip())
+    if args.json:
+        emit_json(result)
+    return 0
+
+
 def main(args) -> int:
     return {"importance": cmd_importance, "hourglass": cmd_hourglass, "report": cmd_report,
-            "ablations": cmd_ablations}[args.command](args)
+            "ablations": cmd_ablations, "compare": cmd_compare}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -116,3 +116,33 @@ def test_compiled_candidates_search_equals_the_eager_one(full_run, tmp_path):
     assert a.files == b.files
     for key in a.files:
         assert np.array_equal(a[key], b[key]), key
+
+
+def test_supernet_scores_the_architectures_it_holds(tiny_search_run):
+    """The final supernet of a search scores its own result and any architecture with the
+    same vital ops on the architecture split, deterministically; another vital op: None."""
+    from src.context import set_mode
+    from src.search.supernet_eval import load_final_supernet, path_of, supernet_accuracy
+    from src.space.space import load_arch
+
+    out, _, _ = tiny_search_run
+    derived = load_arch(str(out / "arch.yaml"))
+    net, space, _, fixed = load_final_supernet(str(out))
+    choices = space.choices_of(derived)
+    assert fixed and all(choices[i] == o for i, o in fixed.items())
+    assert path_of(net, space, fixed, derived) == [choices[i] for i in net.searched]
+    vital = next(iter(fixed))
+    other = list(choices)
+    other[vital] = (choices[vital] + 1) % len(space.layers[vital].ops)
+    nonvital = net.searched[0]
+    same_vital = list(choices)
+    same_vital[nonvital] = (choices[nonvital] + 1) % len(space.layers[nonvital].ops)
+    archs = [derived, space.arch(other), space.arch(same_vital)]
+    set_mode("pynative")
+    try:
+        first = supernet_accuracy(str(out), archs, batch_size=40)
+        again = supernet_accuracy(str(out), archs[:1], batch_size=40)
+    finally:
+        set_mode("graph")
+    assert first[1] is None
+    assert 0.0 <= first[0] <= 1.0 and 0.0 <= first[2] <= 1.0 and again[0] == first[0]

@@ -1,0 +1,449 @@
+"""The standard test of a NAS method: the searched networks against random ones of the same size.
+
+``python analyze.py compare --config config/compare/NAME.yaml [--data_path DIR]`` runs, in
+one output folder, resumable and skipping what is done:
+
+1. the search once per seed (``search.py --set search.seed=S``),
+2. K architectures drawn uniformly at random among those that meet the same targets within
+   the same tolerance (``search.py --strategy random``), and optionally K more with the
+   first seed's vital ops fixed (they differ from it only where stage 2 searched, and its
+   supernet can score them),
+3. every one of them retrained with the same recipe and seed (``train.py``) and evaluated on
+   the test split: the figure is the **last** epoch's, never a best epoch picked on the test
+   set,
+4. the supernet's ranking: each architecture's accuracy on a search's final shared weights
+   (``src.search.supernet_eval``) against its retrained top-1, Kendall's τ per supernet,
+5. ``compare.md`` / ``compare.csv`` / ``compare.json`` (each net's params, FLOPs, top-1; each
+   group's mean ± std; the searched nets' ranks) and ``compare.png`` (top-1 against FLOPs,
+   searched nets marked; supernet accuracy against top-1).
+
+The steps run as subprocesses through the entry points (their output in ``*.out`` beside
+their folders); SIGINT/SIGTERM are passed on so a step saves its state, and the same
+command continues.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from src.config import format_size, load_config
+from src.errors import ConfigError, HourNASError
+from src.jsonlog import read_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GROUPS = ("searched", "random", "random_vital")
+GROUP_LABELS = {"searched": "HourNAS (searched)", "random": "random, same targets",
+                "random_vital": "random, same targets and vital ops as seed {seed}"}
+PROGRESS_FILE = "compare_progress.json"
+
+
+@dataclass
+class CompareConfig:
+    """``config/compare/*.yaml``: what to compare, and where."""
+
+    search: str                     # search config (repository-relative or absolute)
+    train: str                      # training recipe every network is retrained with
+    seeds: list[int] = field(default_factory=lambda: [0])   # one search per seed
+    random: int = 5                 # architectures drawn at random with the same targets
+    random_seed: int = 100          # their draw's seed (not one of the search seeds)
+    random_vital: int = 0           # drawn with the first seed's vital ops fixed
+    supernet: bool = True           # score every network on each search's final supernet
+    output_dir: str = "runs/compare"
+
+    def validate(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"compare 'seeds' must be a non-empty list of distinct seeds, got "
+                              f"{self.seeds}")
+        if any(s < 0 for s in self.seeds) or self.random_seed < 0:
+            raise ConfigError("compare seeds and random_seed must be >= 0")
+        if self.random < 0 or self.random_vital < 0:
+            raise ConfigError("compare 'random' and 'random_vital' must be >= 0")
+
+
+@dataclass
+class Net:
+    """One compared network."""
+
+    name: str            # searched_s0, random_01, vital_01
+    group: str           # searched | random | random_vital
+    arch: str            # its architecture file
+    seed: int | None = None
+    params: int | None = None
+    flops: int | None = None
+    top1: float | None = None
+    epochs: int | None = None
+    train_s: float | None = None
+    supernet: dict = field(default_factory=dict)   # search seed -> accuracy (0..1)
+
+
+def _abs(path: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(ROOT, path)
+
+
+class Compare:
+    """One comparison in its output folder: the layout, the commands, the state of each step."""
+
+    def __init__(self, cfg: CompareConfig, data_path: str | None, device_target: str | None,
+                 log: Callable[[str], None]):
+        self.cfg, self.data_path, self.device, self.log = cfg, data_path, device_target, log
+        self.out = os.path.abspath(cfg.output_dir)
+        for what, path in (("search", cfg.search), ("train", cfg.train)):
+            if not os.path.isfile(_abs(path)):
+                raise ConfigError(f"compare '{what}' config '{path}' does not exist")
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.out, *parts)
+
+    def search_dir(self, seed: int) -> str:
+        return self.path("search", f"seed{seed}")
+
+    def common(self) -> list[str]:
+        out = ["--data_path", self.data_path] if self.data_path else []
+        return out + (["--device_target", self.device] if self.device else [])
+
+    # --------------------------------------------------------------- commands
+    def search_cmd(self, seed: int) -> list[str]:
+        d = self.search_dir(seed)
+        resume = ["--resume"] if os.path.isfile(os.path.join(d, "search_state.ckpt")) else []
+        return [sys.executable, _abs("search.py"), "--config", _abs(self.cfg.search),
+                "--output_dir", d, "--set", f"search.seed={seed}", "--json",
+                *self.common(), *resume]
+
+    def random_cmd(self, group: str) -> list[str]:
+        k = self.cfg.random if group == "random" else self.cfg.random_vital
+        cmd = [sys.executable, _abs("search.py"), "--config", _abs(self.cfg.search),
+               "--strategy", "random", "--num_archs", str(k), "--output_dir",
+               self.path(group), "--set", f"search.seed={self.cfg.random_seed}", "--json",
+               *self.common()]
+        if group == "random_vital":
+            cmd += ["--set", "search.random_fix_vital="
+                    + os.path.join(self.search_dir(self.cfg.seeds[0]), "arch.yaml")]
+        return cmd
+
+    def train_cmd(self, net: Net) -> list[str]:
+        d = self.path("train", net.name)
+        resume = ["--resume"] if _train_state(d)[0] == "resume" else []
+        return [sys.executable, _abs("train.py"), "--config", _abs(self.cfg.train), "--arch",
+                net.arch, "--output_dir", d, "--json", *self.common(), *resume]
+
+    # --------------------------------------------------------------- what exists
+    def search_done(self, seed: int) -> bool:
+        d = self.search_dir(seed)
+        return all(os.path.isfile(os.path.join(d, n)) for n in ("arch.yaml", "summary.json"))
+
+    def random_done(self, group: str) -> bool:
+        return os.path.isfile(self.path(group, "random_archs.json"))
+
+    def nets(self) -> list[Net]:
+        """The compared networks whose architecture exists by now, in table order."""
+        out = [Net(f"searched_s{s}", "searched", os.path.join(self.search_dir(s), "arch.yaml"),
+                   seed=s) for s in self.cfg.seeds if self.search_done(s)]
+        for group, prefix in (("random", "random"), ("random_vital", "vital")):
+            if not self.random_done(group):
+                continue
+            with open(self.path(group, "random_archs.json"), encoding="utf-8") as f:
+                drawn = json.load(f)["archs"]
+            for k, rec in enumerate(drawn, 1):
+                out.append(Net(f"{prefix}_{k:02d}", group, self.path(group, rec["file"])))
+        return out
+
+
+def _train_state(folder: str) -> tuple[str, dict | None]:
+    """('done', last eval record) | ('resume', None) | ('new', None) of a training folder."""
+    recs = read_jsonl(os.path.join(folder, "train_log.jsonl"))
+    evals = [r for r in recs if r.get("event") == "eval"]
+    if recs and recs[-1].get("event") == "done" and evals:
+        return "done", {**evals[-1], "wall_s": recs[-1].get("wall_s")}
+    if os.path.isdir(folder) and any(n.endswith(".ckpt") and "_best" not in n
+                                     for n in os.listdir(folder)):
+        return "resume", None
+    return "new", None
+
+
+# ----------------------------------------------------------------------------- the chain
+
+
+class Progress:
+    """Steps done out of all, and an ETA from the mean time of each kind of step (kept in
+    compare_progress.json, so a comparison continued in another session still has one)."""
+
+    def __init__(self, path: str, total: int, log: Callable[[str], None]):
+        self.path, self.total, self.log, self.done = path, total, log, 0
+        self.seconds: dict[str, list[float]] = {}
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                self.seconds = json.load(f).get("seconds", {})
+
+    def eta(self, remaining: dict[str, int]) -> str:
+        from src.runlog import hms
+        if any(n and not self.seconds.get(kind) for kind, n in remaining.items()):
+            return "ETA after the first step of each kind"
+        left = sum(n * float(np.mean(self.seconds[kind])) for kind, n in remaining.items() if n)
+        return f"ETA {hms(left)}"
+
+    def step(self, kind: str, what: str, remaining: dict[str, int]) -> None:
+        self.done += 1
+        self.log(f"[{self.done}/{self.total}] {what} ({self.eta(remaining)})")
+
+    def record(self, kind: str, seconds: float) -> None:
+        from src.checkpoint import atomic_write_text
+        self.seconds.setdefault(kind, []).append(seconds)
+        atomic_write_text(self.path, json.dumps({"seconds": self.seconds}, indent=1) + "\n")
+
+
+def _run_step(cmp: Compare, progress: Progress, kind: str, cmd: list[str], out_file: str) -> dict:
+    """Run one step; a failure stops the comparison with the step's last error line."""
+    from src.analysis.ablation import _run, _tail
+
+    code, last, seconds = _run(cmd, out_file)
+    if code != 0:
+        raise HourNASError(f"{kind} failed (exit {code}): {_tail(out_file)}; its output is in "
+                           f"{out_file}; fix it and run the same command again to continue")
+    progress.record(kind, seconds)
+    return json.loads(last) if last else {}
+
+
+def run_chain(cmp: Compare, dry_run: bool = False) -> None:
+    """Searches, random draws and retraining, each skipped when done."""
+    cfg = cmp.cfg
+    groups = ["random"] * bool(cfg.random) + ["random_vital"] * bool(cfg.random_vital)
+    todo_search = [s for s in cfg.seeds if not cmp.search_done(s)]
+    todo_random = [g for g in groups if not cmp.random_done(g)]
+    n_train = len(cfg.seeds) + cfg.random + cfg.random_vital
+    trained = sum(_train_state(cmp.path("train", n.name))[0] == "done" for n in cmp.nets())
+    progress = Progress(cmp.path(PROGRESS_FILE), len(todo_search) + len(todo_random)
+                        + n_train - trained, cmp.log)
+    remaining = {"search": len(todo_search), "random": len(todo_random),
+                 "train": n_train - trained}
+    if dry_run:
+        for s in cfg.seeds:
+            cmp.log(" ".join(cmp.search_cmd(s)))
+        for g in groups:
+            cmp.log(" ".join(cmp.random_cmd(g)))
+        cmp.log(f"then train.py --config {cfg.train} for each of the {n_train} networks")
+        return
+    os.makedirs(cmp.out, exist_ok=True)
+    for s in todo_search:
+        cmp.log(f"searching with seed {s} -> {cmp.search_dir(s)} ({progress.eta(remaining)})")
+        _run_step(cmp, progress, "search", cmp.search_cmd(s), cmp.search_dir(s) + ".out")
+        remaining["search"] -= 1
+        progress.step("search", f"search seed {s} done", remaining)
+    for g in todo_random:
+        _run_step(cmp, progress, "random", cmp.random_cmd(g), cmp.path(g + ".out"))
+        remaining["random"] -= 1
+        progress.step("random", f"{g}: drawn", remaining)
+    for net in cmp.nets():
+        folder = cmp.path("train", net.name)
+        if _train_state(folder)[0] == "done":
+            continue
+        cmp.log(f"retraining {net.name} ({net.arch}) -> {folder} ({progress.eta(remaining)})")
+        _run_step(cmp, progress, "train", cmp.train_cmd(net), folder + ".out")
+        remaining["train"] -= 1
+        progress.step("train", f"{net.name} retrained", remaining)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def collect(cmp: Compare) -> list[Net]:
+    """Every network with its cost and, once retrained, its last epoch's test top-1."""
+    from src.resource import count
+    from src.space.space import load_arch
+
+    nets = cmp.nets()
+    for net in nets:
+        c = count(load_arch(net.arch))
+        net.params, net.flops = int(c["params"]), int(c["flops"])
+        state, ev = _train_state(cmp.path("train", net.name))
+        if state == "done":
+            net.top1, net.epochs, net.train_s = float(ev["top1"]), int(ev["epoch"]), ev["wall_s"]
+    return nets
+
+
+def score_supernets(cmp: Compare, nets: list[Net]) -> None:
+    """Each network's accuracy on each finished search's final supernet (cached in
+    supernet_eval.json: scoring takes a pass over the architecture split per network)."""
+    from src.checkpoint import atomic_write_text
+    from src.search.supernet_eval import supernet_accuracy
+    from src.space.space import load_arch
+
+    cache_path = cmp.path("supernet_eval.json")
+    cache = {}
+    if os.path.isfile(cache_path):
+        with open(cache_path, encoding="utf-8") as f:
+            cache = json.load(f)
+    for s in cmp.cfg.seeds:
+        todo = [n for n in nets if f"{s}:{n.name}" not in cache]
+        if todo:
+            cmp.log(f"scoring {len(todo)} networks on the supernet of seed {s}")
+            accs = supernet_accuracy(cmp.search_dir(s), [load_arch(n.arch) for n in todo],
+                                     cmp.data_path, log=cmp.log)
+            cache.update({f"{s}:{n.name}": a for n, a in zip(todo, accs)})
+            atomic_write_text(cache_path, json.dumps(cache, indent=1) + "\n")
+        for n in nets:
+            if cache.get(f"{s}:{n.name}") is not None:
+                n.supernet[s] = cache[f"{s}:{n.name}"]
+
+
+def group_stats(nets: list[Net]) -> dict[str, dict]:
+    """mean, sample std and count of the test top-1 per group."""
+    out = {}
+    for g in GROUPS:
+        v = [n.top1 for n in nets if n.group == g and n.top1 is not None]
+        if v:
+            out[g] = {"n": len(v), "mean": float(np.mean(v)),
+                      "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                      "min": float(min(v)), "max": float(max(v))}
+    return out
+
+
+def rankings(cmp: Compare, nets: list[Net]) -> dict:
+    """Kendall's τ per supernet between its accuracy and the retrained top-1, over the
+    networks it can run (at least three)."""
+    from src.search.supernet_eval import kendall_tau
+
+    out = {}
+    for s in cmp.cfg.seeds:
+        both = [n for n in nets if s in n.supernet and n.top1 is not None]
+        if len(both) >= 3:
+            tau, p = kendall_tau([n.supernet[s] for n in both], [n.top1 for n in both])
+            out[s] = {"tau": tau, "p": p, "n": len(both), "nets": [n.name for n in both]}
+    return out
+
+
+def verdict(stats: dict) -> dict | None:
+    """The goal of the comparison: searched mean >= random mean + 2 std."""
+    if "searched" not in stats or "random" not in stats or stats["random"]["n"] < 2:
+        return None
+    bar = stats["random"]["mean"] + 2 * stats["random"]["std"]
+    return {"searched_mean": stats["searched"]["mean"], "random_mean_plus_2std": bar,
+            "beats_random": stats["searched"]["mean"] >= bar}
+
+
+def write_results(cmp: Compare, nets: list[Net], stats: dict, ranks: dict) -> dict:
+    """compare.json, compare.csv, compare.md and compare.png; returns the JSON's content."""
+    import csv
+    import io
+
+    from src.checkpoint import atomic_write_text
+
+    done = sorted([n for n in nets if n.top1 is not None], key=lambda n: -n.top1)
+    for k, n in enumerate(done, 1):
+        n.rank = k
+    result = {"output_dir": cmp.out,
+              "config": {k: getattr(cmp.cfg, k) for k in CompareConfig.__dataclass_fields__},
+              "nets": [{**n.__dict__, "rank": getattr(n, "rank", None)} for n in nets],
+              "groups": stats, "kendall_tau": {str(k): v for k, v in ranks.items()},
+              "verdict": verdict(stats)}
+    atomic_write_text(cmp.path("compare.json"), json.dumps(result, indent=2) + "\n")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    cols = ("name", "group", "seed", "params", "flops", "top1", "epochs", "rank")
+    w.writerow(cols + tuple(f"supernet_s{s}" for s in cmp.cfg.seeds))
+    for n in nets:
+        w.writerow([getattr(n, c, None) if getattr(n, c, None) is not None else "" for c in cols]
+                   + [n.supernet.get(s, "") for s in cmp.cfg.seeds])
+    atomic_write_text(cmp.path("compare.csv"), buf.getvalue())
+    atomic_write_text(cmp.path("compare.md"), markdown(cmp, nets, stats, ranks))
+    if done:
+        plot(cmp, nets, ranks)
+    return result
+
+
+def markdown(cmp: Compare, nets: list[Net], stats: dict, ranks: dict) -> str:
+    seeds = cmp.cfg.seeds
+    lines = [f"# Searched against random ({cmp.cfg.search}; retrained with {cmp.cfg.train})",
+             "", "| network | group | params | FLOPs | test top-1 (%) | rank | "
+             + " | ".join(f"supernet s{s} (%)" for s in seeds) + " |",
+             "|" + "---|" * (6 + len(seeds))]
+    def size(v):
+        return "—" if v is None else format_size(v)
+
+    for n in nets:
+        top1 = "—" if n.top1 is None else f"{n.top1:.2f}"
+        sup = [("—" if s not in n.supernet else f"{100 * n.supernet[s]:.2f}") for s in seeds]
+        lines.append(f"| {n.name} | {n.group} | {size(n.params)} | {size(n.flops)}"
+                     f" | {top1} | {getattr(n, 'rank', '—')} | " + " | ".join(sup) + " |")
+    lines += ["", "| group | n | test top-1 mean ± std (%) | min | max |", "|---|---|---|---|---|"]
+    for g, s in stats.items():
+        lines.append(f"| {g} | {s['n']} | {s['mean']:.2f} ± {s['std']:.2f} | {s['min']:.2f} | "
+                     f"{s['max']:.2f} |")
+    v = verdict(stats)
+    if v:
+        lines += ["", f"Searched mean {v['searched_mean']:.2f}% against the random nets' mean + "
+                      f"2 std {v['random_mean_plus_2std']:.2f}%: "
+                      + ("the search beats random." if v["beats_random"] else
+                         "the search does **not** beat random by that margin.")]
+    for s, r in ranks.items():
+        lines.append(f"\nSupernet of seed {s}: Kendall's τ = {r['tau']:.2f} (p = {r['p']:.2f}) "
+                     f"between supernet accuracy and retrained top-1 over {r['n']} networks "
+                     f"({', '.join(r['nets'])}).")
+    return "\n".join(lines) + "\n"
+
+
+def plot(cmp: Compare, nets: list[Net], ranks: dict) -> str:
+    """compare.png: top-1 against FLOPs (searched marked), supernet accuracy against top-1."""
+    from src.analysis.plotting import pyplot, save_png
+
+    plt = pyplot()
+    ncols = 2 if ranks else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.6), squeeze=False)
+    style = {"searched": ("*", "#d62728", 180), "random": ("o", "#1f77b4", 50),
+             "random_vital": ("^", "#2ca02c", 60)}
+    ax = axes[0][0]
+    seed0 = cmp.cfg.seeds[0]
+    for g in GROUPS:
+        pts = [n for n in nets if n.group == g and n.top1 is not None]
+        if pts:
+            m, c, size = style[g]
+            ax.scatter([n.flops / 1e6 for n in pts], [n.top1 for n in pts], marker=m, c=c, s=size,
+                       label=GROUP_LABELS[g].format(seed=seed0), edgecolors="k", linewidths=0.5)
+    ax.set_xlabel("FLOPs (M, multiply-adds)")
+    ax.set_ylabel("test top-1 (%), last epoch")
+    ax.set_title("retrained with the same recipe")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if ranks:
+        ax = axes[0][1]
+        s = next(iter(ranks))
+        for g in GROUPS:
+            pts = [n for n in nets if n.group == g and s in n.supernet and n.top1 is not None]
+            if pts:
+                m, c, size = style[g]
+                ax.scatter([100 * n.supernet[s] for n in pts], [n.top1 for n in pts], marker=m,
+                           c=c, s=size, edgecolors="k", linewidths=0.5)
+        ax.set_xlabel(f"accuracy on the supernet of seed {s} (%, architecture split)")
+        ax.set_ylabel("test top-1 (%), retrained")
+        ax.set_title(f"supernet ranking: Kendall's τ = {ranks[s]['tau']:.2f} (n = {ranks[s]['n']})")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_png(fig, cmp.path("compare.png"))
+
+
+def run_compare(config: str, *, data_path: str | None = None, output_dir: str | None = None,
+                device_target: str | None = None, dry_run: bool = False,
+                log: Callable[[str], None] = print) -> dict:
+    """The whole comparison (see the module docstring); returns compare.json's content."""
+    overrides = [f"output_dir={json.dumps(output_dir)}"] if output_dir else []
+    cfg = load_config(CompareConfig, config, overrides)
+    cmp = Compare(cfg, os.path.abspath(data_path) if data_path else None, device_target, log)
+    t0 = time.time()
+    run_chain(cmp, dry_run)
+    if dry_run:
+        return {}
+    nets = collect(cmp)
+    if cfg.supernet:
+        from src.context import setup_context
+        setup_context(device_target or "CPU", "pynative")
+        score_supernets(cmp, nets)
+    stats = group_stats(nets)
+    result = write_results(cmp, nets, stats, rankings(cmp, nets))
+    log(f"compared {len(nets)} networks in {time.time() - t0:.0f} s this time; "
+        f"{cmp.path('compare.md')}, {cmp.path('compare.png')}")
+    return result

@@ -1,0 +1,108 @@
+"""The supernet's ranking: how well a finished search's shared weights score given architectures.
+
+Weight-sharing NAS is diagnosed by comparing the accuracy an architecture reaches on the
+supernet's shared weights with the accuracy it reaches when trained alone (Yu et al. 2020,
+"Evaluating the search phase of neural architecture search"): if the two rankings disagree,
+the search optimises the wrong thing. ``supernet_accuracy`` gives the first of the two for
+any architecture the final supernet can run.
+
+What the supernet can run: a finished HourNAS search keeps the supernet of its last stage
+(``search_state.ckpt``): the non-vital layers with every candidate, the vital layers fixed to
+the ops stage 1 chose. An architecture whose vital ops differ from those has no weights in it
+(stage 1's other vital candidates were dropped), so it gets ``None``; the comparison says
+over which architectures its Kendall τ was computed.
+
+How it scores: every image of the search's architecture split (the 20% the architecture
+steps used; never the test set), in fixed batches, through the architecture's single path
+(``Supernet.forward_path``) with BatchNorm in training mode, i.e. normalised by each batch's
+own statistics, as in the search's architecture steps (the running statistics of a supernet
+mix all paths and fit none).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from src.errors import HourNASError
+
+EVAL_BATCH = 250
+
+
+def load_final_supernet(run_dir: str, data_path: str | None = None):
+    """(supernet with the run's final weights, space, config) of a finished search folder."""
+    import mindspore as ms
+
+    from src.checkpoint import load_checkpoint
+    from src.config import load_config
+    from src.search.config import SearchConfig
+    from src.search.engine import prepare_space
+    from src.search.state import STATE_FILE
+    from src.supernet import Supernet
+
+    cfg_path, state_path = (os.path.join(run_dir, n) for n in ("config.yaml", STATE_FILE))
+    for path in (cfg_path, state_path):
+        if not os.path.isfile(path):
+            raise HourNASError(f"'{run_dir}' is not a search folder: '{path}' is missing")
+    overrides = [f"data.path={data_path}"] if data_path else []
+    cfg = load_config(SearchConfig, cfg_path, overrides)
+    space, cfg = prepare_space(cfg)
+    params, extra = load_checkpoint(state_path)
+    state = extra.get("state") or {}
+    if extra.get("kind") != "hournas-search" or state.get("stage") != "done":
+        raise HourNASError(f"the search in '{run_dir}' has not finished (stage "
+                           f"'{state.get('stage')}'); finish it first (search.py --resume)")
+    fixed = {int(k): int(v) for k, v in (state.get("vital_choices") or {}).items()}
+    net = Supernet(space, list(extra["searched"]), fixed, list(extra["keep"]))
+    for p in net.get_parameters():
+        p.set_data(ms.Tensor(params[p.name].asnumpy()))
+    return net, space, cfg, fixed
+
+
+def path_of(net, space, fixed: dict[int, int], arch) -> list[int] | None:
+    """The candidate index of every searched layer of ``net`` for ``arch``; None when ``arch``
+    takes an op the supernet does not hold (another vital op than the one stage 1 fixed)."""
+    choices = space.choices_of(arch)
+    if any(choices[i] != o for i, o in fixed.items()):
+        return None
+    return [choices[i] for i in net.searched]
+
+
+def supernet_accuracy(run_dir: str, archs: list, data_path: str | None = None,
+                      batch_size: int = EVAL_BATCH, log=None) -> list[float | None]:
+    """Top-1 (0..1) of each architecture on the final supernet of the search in ``run_dir``,
+    over its whole architecture split; None for an architecture it cannot run. The caller
+    has set up the context in PyNative mode (the path is chosen on the host)."""
+    import mindspore as ms
+
+    from src.data import make_dataset, search_split
+
+    net, space, cfg, fixed = load_final_supernet(run_dir, data_path)
+    net.set_train(True)
+    _, a_idx = search_split(cfg.data, cfg.search.val_fraction, cfg.search.seed)
+    data = make_dataset(cfg.data, "train", batch_size, indices=a_idx)
+    batches = [(ms.Tensor(x), y) for x, y in data.create_tuple_iterator(output_numpy=True,
+                                                                         num_epochs=1)]
+    out: list[float | None] = []
+    for k, arch in enumerate(archs):
+        indices = path_of(net, space, fixed, arch)
+        if indices is None:
+            out.append(None)
+            continue
+        correct = sum(int((net.forward_path(x, None, indices).asnumpy().argmax(1) == y).sum())
+                      for x, y in batches)
+        out.append(correct / len(a_idx))
+        if log:
+            log(f"supernet of {run_dir}: {arch.name} {100 * out[-1]:.2f}% on the architecture "
+                f"split ({len(a_idx)} images) [{k + 1}/{len(archs)}]")
+    return out
+
+
+def kendall_tau(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Kendall's τ-b between two rankings and its two-sided p-value (scipy)."""
+    from scipy.stats import kendalltau
+
+    if len(a) < 2:
+        return float("nan"), float("nan")
+    res = kendalltau(np.asarray(a, float), np.asarray(b, float))
+    return float(res.statistic), float(res.pvalue)

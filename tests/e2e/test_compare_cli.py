@@ -1,0 +1,50 @@
+"""End-to-end: analyze.py compare on tiny configs (tests/fixtures/tiny_compare.yaml), as a user
+runs it: searched and random networks retrained alike, the table, the picture, the supernet
+ranking; a second run skips what is done and redoes only what is missing."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from src.resource import count
+from src.space.space import load_arch
+from tests.e2e.helpers import last_json, run_cli
+
+CONFIG = "tests/fixtures/tiny_compare.yaml"
+
+
+def test_compare_end_to_end_and_its_resume(tiny_search_run, tmp_path):
+    out = tmp_path / "cmp"
+    config = CONFIG
+    reference, _, _ = tiny_search_run  # the seed-0 search of the config: reused, not rerun
+    shutil.copytree(reference, out / "search" / "seed0")
+
+    proc = run_cli("analyze.py", "compare", "--config", str(config), "--output_dir", str(out),
+                   "--json")
+    result = last_json(proc.stdout)
+    nets = {n["name"]: n for n in result["nets"]}
+    assert sorted(nets) == ["random_01", "random_02", "searched_s0", "vital_01", "vital_02"]
+    targets = json.loads((out / "search" / "seed0" / "summary.json").read_text())["targets"]
+    for n in nets.values():  # every net retrained, counted with the one counter, same size
+        assert n["top1"] is not None and 0 <= n["top1"] <= 100 and n["epochs"] == 1
+        c = count(load_arch(n["arch"]))
+        assert (n["params"], n["flops"]) == (c["params"], c["flops"])
+        if n["group"] != "searched":
+            assert all(abs(c[k] / t - 1) <= 0.05 + 1e-9 for k, t in targets.items())
+    assert sorted(n["rank"] for n in nets.values()) == [1, 2, 3, 4, 5]
+    assert set(result["groups"]) == {"searched", "random", "random_vital"}
+    # the supernet of seed 0 scores its own result and the nets drawn with its vital ops
+    assert {"searched_s0", "vital_01", "vital_02"} <= set(result["kendall_tau"]["0"]["nets"])
+    assert "searching with seed 0" not in proc.stderr  # the finished search was reused
+    for name in ("compare.md", "compare.csv", "compare.json", "compare.png"):
+        assert (out / name).stat().st_size > 100
+    assert "| searched_s0 | searched |" in (out / "compare.md").read_text(encoding="utf-8")
+
+    shutil.rmtree(out / "train" / "random_02")  # lost: only that one is done again
+    again = run_cli("analyze.py", "compare", "--config", str(config), "--output_dir", str(out),
+                    "--json")
+    assert again.stderr.count("retraining ") == 1 and "retraining random_02" in again.stderr
+    assert "[1/1] random_02 retrained" in again.stderr
+    redone = {n["name"]: n for n in last_json(again.stdout)["nets"]}
+    assert redone["random_02"]["top1"] == nets["random_02"]["top1"]  # same seed, same result
+    assert redone["searched_s0"]["top1"] == nets["searched_s0"]["top1"]

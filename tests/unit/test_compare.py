@@ -1,0 +1,92 @@
+"""The comparison of searched and random networks: its bookkeeping, statistics and the supernet
+ranking (analyze.py compare; the whole chain runs in tests/e2e/test_compare_cli.py)."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from src.analysis.compare import (Compare, CompareConfig, Net, Progress, _train_state,
+                                  group_stats, markdown, rankings, verdict)
+from src.config import load_config
+from src.errors import ConfigError
+
+
+def _log(folder, records):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "train_log.jsonl"), "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_train_state_reads_the_last_epoch_not_the_best(tmp_path):
+    folder = str(tmp_path / "t")
+    assert _train_state(folder) == ("new", None)
+    _log(folder, [{"event": "start"}, {"event": "eval", "epoch": 1, "top1": 90.0}])
+    open(os.path.join(folder, "net-1_10.ckpt"), "wb").close()
+    assert _train_state(folder) == ("resume", None)
+    _log(folder, [{"event": "start"}, {"event": "eval", "epoch": 1, "top1": 91.0},
+                  {"event": "eval", "epoch": 2, "top1": 89.5}, {"event": "done", "wall_s": 12.5}])
+    state, ev = _train_state(folder)
+    assert state == "done" and ev["top1"] == 89.5 and ev["epoch"] == 2 and ev["wall_s"] == 12.5
+
+
+def _nets(searched, random, vital=()):
+    nets = [Net(f"searched_s{i}", "searched", "a", seed=i, top1=v) for i, v in enumerate(searched)]
+    nets += [Net(f"random_{i:02d}", "random", "a", top1=v) for i, v in enumerate(random, 1)]
+    nets += [Net(f"vital_{i:02d}", "random_vital", "a", top1=v) for i, v in enumerate(vital, 1)]
+    return nets
+
+
+def test_group_statistics_and_the_verdict():
+    nets = _nets([91.0, 90.0], [88.0, 89.0, 90.0, None])
+    stats = group_stats(nets)
+    assert stats["searched"] == {"n": 2, "mean": 90.5, "std": pytest.approx(np.std([91, 90], ddof=1)),
+                                 "min": 90.0, "max": 91.0}
+    assert stats["random"]["n"] == 3 and stats["random"]["std"] == pytest.approx(1.0)
+    v = verdict(stats)
+    assert v["random_mean_plus_2std"] == pytest.approx(91.0) and v["beats_random"] is False
+    assert verdict(group_stats(_nets([91.5], [88.0, 89.0, 90.0])))["beats_random"] is True
+    assert verdict(group_stats(_nets([91.5], [88.0]))) is None  # one random net: no spread
+
+
+def test_kendall_tau_per_supernet_over_the_nets_it_can_run(tmp_path):
+    cfg = CompareConfig(search="config/search/default.yaml", train="config/train/digits.yaml",
+                        seeds=[0, 1], output_dir=str(tmp_path))
+    cmp = Compare(cfg, None, None, log=lambda _: None)
+    nets = _nets([90.0], [85.0], [88.0, 87.0])
+    for n, acc in zip(nets, (0.9, None, 0.8, 0.7)):  # the random net: another vital op
+        if acc is not None:
+            n.supernet[0] = acc
+    ranks = rankings(cmp, nets)
+    assert list(ranks) == [0]  # seed 1 scored nothing
+    assert ranks[0]["n"] == 3 and ranks[0]["tau"] == pytest.approx(1.0)
+    assert ranks[0]["nets"] == ["searched_s0", "vital_01", "vital_02"]
+    nets[3].supernet[0] = 0.95  # now the ranking is wrong for one pair
+    assert rankings(cmp, nets)[0]["tau"] == pytest.approx(-1 / 3)
+    page = markdown(cmp, nets, group_stats(nets), rankings(cmp, nets))
+    assert "| searched_s0 | searched |" in page and "Kendall's τ = -0.33" in page
+
+
+def test_config_is_checked(tmp_path):
+    path = tmp_path / "c.yaml"
+    for body, words in (("seeds: [0, 0]", "distinct"), ("random: -1", "must be >= 0"),
+                        ("bogus: 1", "unknown config key 'bogus'")):
+        path.write_text(f"search: a.yaml\ntrain: b.yaml\n{body}\n", encoding="utf-8")
+        with pytest.raises(ConfigError, match=words):
+            load_config(CompareConfig, str(path))
+    cfg = CompareConfig(search="config/search/nope.yaml", train="config/train/digits.yaml")
+    with pytest.raises(ConfigError, match="nope.yaml' does not exist"):
+        Compare(cfg, None, None, log=print)
+
+
+def test_progress_eta_comes_from_the_steps_done_and_survives_a_restart(tmp_path):
+    lines = []
+    p = Progress(str(tmp_path / "progress.json"), total=3, log=lines.append)
+    assert "after the first step" in p.eta({"train": 2})
+    p.record("train", 100.0)
+    p.step("train", "net 1 retrained", {"train": 2})
+    assert lines == ["[1/3] net 1 retrained (ETA 0:03:20)"]
+    again = Progress(str(tmp_path / "progress.json"), total=2, log=lines.append)
+    assert again.eta({"train": 1, "search": 0}) == "ETA 0:01:40"
