@@ -169,12 +169,54 @@ def _train_state(folder: str) -> tuple[str, dict | None]:
 # ----------------------------------------------------------------------------- the chain
 
 
+@dataclass
+class Step:
+    """One command of the chain: a search, a random draw or a retraining."""
+
+    kind: str            # search | random | train
+    name: str            # seed0, random, random_vital, random_01, ...
+    folder: str          # what it writes (its output goes to folder + ".out")
+    command: Callable[[], list[str]]   # built when it starts (it may have to --resume)
+
+
+def pending_steps(cmp: Compare) -> list[Step]:
+    """The steps not done yet whose inputs exist, in the order they should run: searches, the
+    random draws (those with the first seed's vital ops once that search is done), then the
+    retraining of every network that exists by now."""
+    cfg, out = cmp.cfg, []
+    for s in cfg.seeds:
+        if not cmp.search_done(s):
+            out.append(Step("search", f"seed{s}", cmp.search_dir(s),
+                            lambda s=s: cmp.search_cmd(s)))
+    for group, k in (("random", cfg.random), ("random_vital", cfg.random_vital)):
+        ready = group == "random" or cmp.search_done(cfg.seeds[0])
+        if k and ready and not cmp.random_done(group):
+            out.append(Step("random", group, cmp.path(group), lambda g=group: cmp.random_cmd(g)))
+    for net in cmp.nets():
+        folder = cmp.path("train", net.name)
+        if _train_state(folder)[0] != "done":
+            out.append(Step("train", net.name, folder, lambda n=net: cmp.train_cmd(n)))
+    return out
+
+
+def step_counts(cmp: Compare) -> dict[str, int]:
+    """How many steps of each kind are left, including retraining of networks that do not
+    exist yet (their search or draw is still to come)."""
+    cfg = cmp.cfg
+    groups = [g for g, k in (("random", cfg.random), ("random_vital", cfg.random_vital)) if k]
+    trained = sum(_train_state(cmp.path("train", n.name))[0] == "done" for n in cmp.nets())
+    return {"search": sum(not cmp.search_done(s) for s in cfg.seeds),
+            "random": sum(not cmp.random_done(g) for g in groups),
+            "train": len(cfg.seeds) + cfg.random + cfg.random_vital - trained}
+
+
 class Progress:
     """Steps done out of all, and an ETA from the mean time of each kind of step (kept in
-    compare_progress.json, so a comparison continued in another session still has one)."""
+    compare_progress.json, so a comparison continued in another session still has one),
+    divided by the number of steps that run at once."""
 
-    def __init__(self, path: str, total: int, log: Callable[[str], None]):
-        self.path, self.total, self.log, self.done = path, total, log, 0
+    def __init__(self, path: str, total: int, jobs: int, log: Callable[[str], None]):
+        self.path, self.total, self.jobs, self.log, self.done = path, total, jobs, log, 0
         self.seconds: dict[str, list[float]] = {}
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
@@ -185,67 +227,113 @@ class Progress:
         if any(n and not self.seconds.get(kind) for kind, n in remaining.items()):
             return "ETA after the first step of each kind"
         left = sum(n * float(np.mean(self.seconds[kind])) for kind, n in remaining.items() if n)
-        return f"ETA {hms(left)}"
+        return f"ETA {hms(left / self.jobs)}"
 
-    def step(self, kind: str, what: str, remaining: dict[str, int]) -> None:
-        self.done += 1
-        self.log(f"[{self.done}/{self.total}] {what} ({self.eta(remaining)})")
-
-    def record(self, kind: str, seconds: float) -> None:
+    def step(self, kind: str, seconds: float, what: str, remaining: dict[str, int]) -> None:
         from src.checkpoint import atomic_write_text
         self.seconds.setdefault(kind, []).append(seconds)
         atomic_write_text(self.path, json.dumps({"seconds": self.seconds}, indent=1) + "\n")
+        self.done += 1
+        self.log(f"[{self.done}/{self.total}] {what} ({self.eta(remaining)})")
 
 
-def _run_step(cmp: Compare, progress: Progress, kind: str, cmd: list[str], out_file: str) -> dict:
-    """Run one step; a failure stops the comparison with the step's last error line."""
-    from src.analysis.ablation import _run, _tail
-
-    code, last, seconds = _run(cmd, out_file)
-    if code != 0:
-        raise HourNASError(f"{kind} failed (exit {code}): {_tail(out_file)}; its output is in "
-                           f"{out_file}; fix it and run the same command again to continue")
-    progress.record(kind, seconds)
-    return json.loads(last) if last else {}
+def _pin(core: int | None):
+    """A preexec_fn that keeps a step on one core (its MindSpore then uses one thread): steps
+    that run at once do not make each other's multi-threaded kernels wait."""
+    if core is None or not hasattr(os, "sched_setaffinity"):
+        return None
+    return lambda: os.sched_setaffinity(0, {core})
 
 
-def run_chain(cmp: Compare, dry_run: bool = False) -> None:
-    """Searches, random draws and retraining, each skipped when done."""
-    cfg = cmp.cfg
-    groups = ["random"] * bool(cfg.random) + ["random_vital"] * bool(cfg.random_vital)
-    todo_search = [s for s in cfg.seeds if not cmp.search_done(s)]
-    todo_random = [g for g in groups if not cmp.random_done(g)]
-    n_train = len(cfg.seeds) + cfg.random + cfg.random_vital
-    trained = sum(_train_state(cmp.path("train", n.name))[0] == "done" for n in cmp.nets())
-    progress = Progress(cmp.path(PROGRESS_FILE), len(todo_search) + len(todo_random)
-                        + n_train - trained, cmp.log)
-    remaining = {"search": len(todo_search), "random": len(todo_random),
-                 "train": n_train - trained}
+class Runner:
+    """Runs steps as subprocesses, up to ``jobs`` at once (each on its own core when there are
+    several), passes SIGINT/SIGTERM on to them (they save their state) and waits for them."""
+
+    def __init__(self, cmp: Compare, jobs: int):
+        self.cmp, self.jobs = cmp, jobs
+        self.cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else list(range(os.cpu_count() or 1))
+        self.running: dict[str, tuple] = {}   # name -> (process, step, start, core, log file)
+        self.stopped: list[int] = []
+
+    def start(self, step: Step) -> None:
+        import subprocess
+
+        used = {r[3] for r in self.running.values()}
+        core = next((c for c in self.cores if c not in used), None) if self.jobs > 1 else None
+        cmd = step.command()
+        self.cmp.log(f"{step.kind} {step.name} -> {step.folder}"
+                     + (f" (core {core})" if core is not None else ""))
+        os.makedirs(os.path.dirname(step.folder), exist_ok=True)
+        out = open(step.folder + ".out", "a", encoding="utf-8")  # a resumed step: appended
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=_pin(core))
+        self.running[step.name] = (proc, step, time.time(), core, out)
+
+    def forward(self, signum, _frame) -> None:
+        self.stopped.append(signum)
+        for proc, *_ in self.running.values():
+            proc.send_signal(signum)
+
+    def finished(self) -> list[tuple[Step, int, float]]:
+        """The steps that ended since the last call: (step, exit code, seconds)."""
+        done = []
+        for name, (proc, step, t0, _, out) in list(self.running.items()):
+            if proc.poll() is not None:
+                out.close()
+                del self.running[name]
+                done.append((step, proc.returncode, time.time() - t0))
+        return done
+
+
+def run_chain(cmp: Compare, jobs: int = 1, dry_run: bool = False) -> None:
+    """Searches, random draws and retraining, each skipped when done, up to ``jobs`` at once."""
+    import signal
+
+    from src.analysis.ablation import _tail
+
     if dry_run:
-        for s in cfg.seeds:
-            cmp.log(" ".join(cmp.search_cmd(s)))
-        for g in groups:
-            cmp.log(" ".join(cmp.random_cmd(g)))
-        cmp.log(f"then train.py --config {cfg.train} for each of the {n_train} networks")
+        for step in pending_steps(cmp):
+            cmp.log(" ".join(step.command()))
+        cmp.log(f"then: the steps that need those (retraining each network with "
+                f"train.py --config {cmp.cfg.train})")
         return
     os.makedirs(cmp.out, exist_ok=True)
-    for s in todo_search:
-        cmp.log(f"searching with seed {s} -> {cmp.search_dir(s)} ({progress.eta(remaining)})")
-        _run_step(cmp, progress, "search", cmp.search_cmd(s), cmp.search_dir(s) + ".out")
-        remaining["search"] -= 1
-        progress.step("search", f"search seed {s} done", remaining)
-    for g in todo_random:
-        _run_step(cmp, progress, "random", cmp.random_cmd(g), cmp.path(g + ".out"))
-        remaining["random"] -= 1
-        progress.step("random", f"{g}: drawn", remaining)
-    for net in cmp.nets():
-        folder = cmp.path("train", net.name)
-        if _train_state(folder)[0] == "done":
-            continue
-        cmp.log(f"retraining {net.name} ({net.arch}) -> {folder} ({progress.eta(remaining)})")
-        _run_step(cmp, progress, "train", cmp.train_cmd(net), folder + ".out")
-        remaining["train"] -= 1
-        progress.step("train", f"{net.name} retrained", remaining)
+    remaining = step_counts(cmp)
+    progress = Progress(cmp.path(PROGRESS_FILE), sum(remaining.values()), jobs, cmp.log)
+    runner, failed = Runner(cmp, jobs), None
+    old = {s: signal.signal(s, runner.forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            if failed is None and not runner.stopped:
+                for step in pending_steps(cmp):
+                    if len(runner.running) >= jobs:
+                        break
+                    if step.name not in runner.running:
+                        runner.start(step)
+            if not runner.running:
+                break
+            time.sleep(0.5)
+            for step, code, seconds in runner.finished():
+                if code != 0:
+                    failed = failed or (step, code)
+                    continue
+                remaining[step.kind] -= 1
+                progress.step(step.kind, seconds, f"{step.kind} {step.name} done in "
+                              f"{seconds / 60:.1f} min", remaining)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if runner.stopped:
+        raise KeyboardInterrupt(f"stopped by signal {runner.stopped[0]}; the same command "
+                                f"continues")
+    if failed is not None:
+        step, code = failed
+        raise HourNASError(f"{step.kind} {step.name} failed (exit {code}): "
+                           f"{_tail(step.folder + '.out')}; its output is in {step.folder}.out; "
+                           f"fix it and run the same command again to continue")
 
 
 # ----------------------------------------------------------------------------- results
@@ -427,14 +515,16 @@ def plot(cmp: Compare, nets: list[Net], ranks: dict) -> str:
 
 
 def run_compare(config: str, *, data_path: str | None = None, output_dir: str | None = None,
-                device_target: str | None = None, dry_run: bool = False,
+                device_target: str | None = None, jobs: int = 1, dry_run: bool = False,
                 log: Callable[[str], None] = print) -> dict:
     """The whole comparison (see the module docstring); returns compare.json's content."""
     overrides = [f"output_dir={json.dumps(output_dir)}"] if output_dir else []
     cfg = load_config(CompareConfig, config, overrides)
     cmp = Compare(cfg, os.path.abspath(data_path) if data_path else None, device_target, log)
+    if jobs < 1:
+        raise HourNASError(f"--jobs must be >= 1, got {jobs}")
     t0 = time.time()
-    run_chain(cmp, dry_run)
+    run_chain(cmp, jobs, dry_run)
     if dry_run:
         return {}
     nets = collect(cmp)

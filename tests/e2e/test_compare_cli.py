@@ -20,7 +20,7 @@ def test_compare_end_to_end_and_its_resume(tiny_search_run, tmp_path):
     shutil.copytree(reference, out / "search" / "seed0")
 
     proc = run_cli("analyze.py", "compare", "--config", str(config), "--output_dir", str(out),
-                   "--json")
+                   "--jobs", "2", "--json")
     result = last_json(proc.stdout)
     nets = {n["name"]: n for n in result["nets"]}
     assert sorted(nets) == ["random_01", "random_02", "searched_s0", "vital_01", "vital_02"]
@@ -35,7 +35,8 @@ def test_compare_end_to_end_and_its_resume(tiny_search_run, tmp_path):
     assert set(result["groups"]) == {"searched", "random", "random_vital"}
     # the supernet of seed 0 scores its own result and the nets drawn with its vital ops
     assert {"searched_s0", "vital_01", "vital_02"} <= set(result["kendall_tau"]["0"]["nets"])
-    assert "searching with seed 0" not in proc.stderr  # the finished search was reused
+    assert "search seed0" not in proc.stderr  # the finished search was reused
+    assert "(core " in proc.stderr  # two steps at once, each on its own core
     for name in ("compare.md", "compare.csv", "compare.json", "compare.png"):
         assert (out / name).stat().st_size > 100
     assert "| searched_s0 | searched |" in (out / "compare.md").read_text(encoding="utf-8")
@@ -43,8 +44,9 @@ def test_compare_end_to_end_and_its_resume(tiny_search_run, tmp_path):
     shutil.rmtree(out / "train" / "random_02")  # lost: only that one is done again
     again = run_cli("analyze.py", "compare", "--config", str(config), "--output_dir", str(out),
                     "--json")
-    assert again.stderr.count("retraining ") == 1 and "retraining random_02" in again.stderr
-    assert "[1/1] random_02 retrained" in again.stderr
+    started = [ln for ln in again.stderr.splitlines() if " -> " in ln]
+    assert len(started) == 1 and "train random_02 ->" in started[0]
+    assert "[1/1] train random_02 done" in again.stderr
     redone = {n["name"]: n for n in last_json(again.stdout)["nets"]}
     assert redone["random_02"]["top1"] == nets["random_02"]["top1"]  # same seed, same result
     assert redone["searched_s0"]["top1"] == nets["searched_s0"]["top1"]

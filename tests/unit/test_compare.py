@@ -83,10 +83,9 @@ def test_config_is_checked(tmp_path):
 
 def test_progress_eta_comes_from_the_steps_done_and_survives_a_restart(tmp_path):
     lines = []
-    p = Progress(str(tmp_path / "progress.json"), total=3, log=lines.append)
+    p = Progress(str(tmp_path / "progress.json"), total=3, jobs=1, log=lines.append)
     assert "after the first step" in p.eta({"train": 2})
-    p.record("train", 100.0)
-    p.step("train", "net 1 retrained", {"train": 2})
+    p.step("train", 100.0, "net 1 retrained", {"train": 2})
     assert lines == ["[1/3] net 1 retrained (ETA 0:03:20)"]
-    again = Progress(str(tmp_path / "progress.json"), total=2, log=lines.append)
-    assert again.eta({"train": 1, "search": 0}) == "ETA 0:01:40"
+    again = Progress(str(tmp_path / "progress.json"), total=2, jobs=2, log=lines.append)
+    assert again.eta({"train": 1, "search": 0}) == "ETA 0:00:50"  # two steps at once
