@@ -253,3 +253,22 @@ def test_imagenet_efficientnet_recipe_with_ema(tiny, tmp_path):
     assert ev["ema"] is True and ev["images"] == 6
     assert ev["top1"] == pytest.approx(res["last"]["top1"], abs=1e-9)
     assert ev["loss"] == pytest.approx(res["last"]["loss"], rel=1e-5)
+
+
+def test_bn_recalibration_is_what_the_checkpoint_holds_and_eval_reports(reference_run, tiny,
+                                                                        tmp_path):
+    """train.bn_recalibrate: the same training (same losses, same trained weights) validated
+    with BatchNorm statistics re-estimated from training batches; the checkpoint holds those
+    statistics, so eval.py reports exactly the logged top-1."""
+    ref, _ = reference_run
+    out = tmp_path / "recal"
+    proc = cli("train.py", "--arch", tiny, *TRAIN, "--set", "train.bn_recalibrate=5",
+               "--output_dir", out, "--json")
+    assert losses(read_log(out)) == losses(read_log(ref))  # training never reads the statistics
+    new, _ = load_checkpoint(str(out / "tiny_best.ckpt"))
+    old, _ = load_checkpoint(str(ref / "tiny_best.ckpt"))
+    stats = [n for n in new if n.endswith("moving_mean")]
+    assert stats and any(not np.allclose(new[n].asnumpy(), old[n].asnumpy()) for n in stats)
+    logged = last_json(proc)["best_top1"]
+    ev = last_json(cli("eval.py", "--ckpt", out / "tiny_best.ckpt", "--json"))
+    assert ev["top1"] == pytest.approx(logged, abs=1e-9)

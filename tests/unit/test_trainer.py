@@ -12,13 +12,20 @@ from src.space.space import load_arch
 from src.trainer import (TrainConfig, TrainParams, check_resumable, create_model, lr_at,
                          resolve_arch)
 
-RECIPES = ("digits", "cifar10", "imagenet", "imagenet_efficientnet")
+RECIPES = {"digits": "digits", "cifar10": "cifar10", "imagenet": "imagenet",
+           "imagenet_efficientnet": "imagenet", "fashion_mnist": "fashion_mnist",
+           "fashion_mnist_full": "fashion_mnist"}
+
+
+def test_every_recipe_is_listed():
+    import os
+    assert sorted(RECIPES) == sorted(f[:-5] for f in os.listdir("config/train"))
 
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipes_load(name):
     cfg = load_config(TrainConfig, f"config/train/{name}.yaml")
-    assert cfg.data.name == name.split("_")[0]
+    assert cfg.data.name == RECIPES[name]
 
 
 def test_digits_recipe_is_the_default():
@@ -36,6 +43,11 @@ def test_recipe_values():
     assert (inet.train.epochs, inet.train.batch_size, inet.train.lr) == (350, 512, 0.25)
     assert (inet.train.warmup_epochs, inet.train.weight_decay, inet.train.label_smoothing) == \
         (5, 1e-5, 0.1)
+    fm, full = (load_config(TrainConfig, f"config/train/{n}.yaml")
+                for n in ("fashion_mnist", "fashion_mnist_full"))
+    assert (fm.train.epochs, fm.train.batch_size, fm.train.peak_lr, fm.data.size) == (3, 128, 0.1, 28)
+    assert (full.train.epochs, full.train.weight_decay) == (50, 1e-4)
+    assert (to_dict(full.data), full.train.peak_lr) == (to_dict(fm.data), fm.train.peak_lr)
     eff = load_config(TrainConfig, "config/train/imagenet_efficientnet.yaml")
     assert (eff.train.activation, eff.train.ema, eff.train.ema_decay) == ("swish", True, 0.9999)
     assert eff.train.epochs == 350 and eff.arch == "hournas_f"
