@@ -107,8 +107,12 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument("--jobs", type=int, default=1, metavar="N",
                      help="run up to N independent steps at once, each on its own core "
                           "(default 1; on a 2-core machine 2 finishes sooner)")
-    cmp.add_argument("--dry-run", dest="dry_run", action="store_true",
-                     help="print the commands, run nothing")
+    mode = cmp.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", dest="dry_run", action="store_true",
+                      help="print the commands, run nothing")
+    mode.add_argument("--report", action="store_true",
+                      help="write the table and picture from the steps finished so far (the "
+                           "rest marked pending), run nothing")
     _common(cmp, ("output_dir", "device_target", "data_path", "json", "debug"))
     for sub in (imp, hg, rep, abl, cmp):
         sub.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -216,7 +220,7 @@ def cmd_compare(args) -> int:
 
     result = run_compare(args.config, data_path=args.data_path, output_dir=args.output_dir,
                          device_target=args.device_target, jobs=args.jobs,
-                         dry_run=args.dry_run, log=log)
+                         dry_run=args.dry_run, report_only=args.report, log=log)
     if args.dry_run:
         return 0
     with open(os.path.join(result["output_dir"], "compare.md"), encoding="utf-8") as f:

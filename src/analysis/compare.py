@@ -76,6 +76,8 @@ class Net:
     seed: int | None = None
     params: int | None = None
     flops: int | None = None
+    skips: int | None = None         # layers that are the identity (or FBNet's projecting skip)
+    grouped: int | None = None       # layers with a grouped 1x1 (the g2 ops)
     top1: float | None = None
     epochs: int | None = None
     train_s: float | None = None
@@ -346,8 +348,11 @@ def collect(cmp: Compare) -> list[Net]:
 
     nets = cmp.nets()
     for net in nets:
-        c = count(load_arch(net.arch))
+        arch = load_arch(net.arch)
+        c = count(arch)
         net.params, net.flops = int(c["params"]), int(c["flops"])
+        net.skips = sum(op.is_skip for op in arch.ops)
+        net.grouped = sum(op.g > 1 for op in arch.ops)
         state, ev = _train_state(cmp.path("train", net.name))
         if state == "done":
             net.top1, net.epochs, net.train_s = float(ev["top1"]), int(ev["epoch"]), ev["wall_s"]
@@ -428,35 +433,39 @@ def write_results(cmp: Compare, nets: list[Net], stats: dict, ranks: dict) -> di
               "config": {k: getattr(cmp.cfg, k) for k in CompareConfig.__dataclass_fields__},
               "nets": [{**n.__dict__, "rank": getattr(n, "rank", None)} for n in nets],
               "groups": stats, "kendall_tau": {str(k): v for k, v in ranks.items()},
-              "verdict": verdict(stats)}
+              "verdict": verdict(stats), "pending": step_counts(cmp)}
     atomic_write_text(cmp.path("compare.json"), json.dumps(result, indent=2) + "\n")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    cols = ("name", "group", "seed", "params", "flops", "top1", "epochs", "rank")
+    cols = ("name", "group", "seed", "params", "flops", "skips", "grouped", "top1", "epochs",
+            "rank")
     w.writerow(cols + tuple(f"supernet_s{s}" for s in cmp.cfg.seeds))
     for n in nets:
         w.writerow([getattr(n, c, None) if getattr(n, c, None) is not None else "" for c in cols]
                    + [n.supernet.get(s, "") for s in cmp.cfg.seeds])
     atomic_write_text(cmp.path("compare.csv"), buf.getvalue())
-    atomic_write_text(cmp.path("compare.md"), markdown(cmp, nets, stats, ranks))
+    atomic_write_text(cmp.path("compare.md"), markdown(cmp, nets, stats, ranks,
+                                                       result["pending"]))
     if done:
         plot(cmp, nets, ranks)
     return result
 
 
-def markdown(cmp: Compare, nets: list[Net], stats: dict, ranks: dict) -> str:
+def markdown(cmp: Compare, nets: list[Net], stats: dict, ranks: dict,
+             pending: dict[str, int] | None = None) -> str:
     seeds = cmp.cfg.seeds
     lines = [f"# Searched against random ({cmp.cfg.search}; retrained with {cmp.cfg.train})",
-             "", "| network | group | params | FLOPs | test top-1 (%) | rank | "
+             "", "| network | group | params | FLOPs | skip / g2 layers | test top-1 (%) | rank | "
              + " | ".join(f"supernet s{s} (%)" for s in seeds) + " |",
-             "|" + "---|" * (6 + len(seeds))]
+             "|" + "---|" * (7 + len(seeds))]
     def size(v):
         return "—" if v is None else format_size(v)
 
     for n in nets:
         top1 = "—" if n.top1 is None else f"{n.top1:.2f}"
         sup = [("—" if s not in n.supernet else f"{100 * n.supernet[s]:.2f}") for s in seeds]
-        lines.append(f"| {n.name} | {n.group} | {size(n.params)} | {size(n.flops)}"
+        ops = "—" if n.skips is None else f"{n.skips} / {n.grouped}"
+        lines.append(f"| {n.name} | {n.group} | {size(n.params)} | {size(n.flops)} | {ops}"
                      f" | {top1} | {getattr(n, 'rank', '—')} | " + " | ".join(sup) + " |")
     lines += ["", "| group | n | test top-1 mean ± std (%) | min | max |", "|---|---|---|---|---|"]
     for g, s in stats.items():
@@ -472,6 +481,10 @@ def markdown(cmp: Compare, nets: list[Net], stats: dict, ranks: dict) -> str:
         lines.append(f"\nSupernet of seed {s}: Kendall's τ = {r['tau']:.2f} (p = {r['p']:.2f}) "
                      f"between supernet accuracy and retrained top-1 over {r['n']} networks "
                      f"({', '.join(r['nets'])}).")
+    if pending and any(pending.values()):
+        left = ", ".join(f"{k} {v}" for k, v in pending.items() if v)
+        lines += ["", f"**Not finished** (steps left: {left}): the figures above are those of "
+                      f"the steps done so far; the same command without --report continues."]
     return "\n".join(lines) + "\n"
 
 
@@ -516,15 +529,21 @@ def plot(cmp: Compare, nets: list[Net], ranks: dict) -> str:
 
 def run_compare(config: str, *, data_path: str | None = None, output_dir: str | None = None,
                 device_target: str | None = None, jobs: int = 1, dry_run: bool = False,
-                log: Callable[[str], None] = print) -> dict:
-    """The whole comparison (see the module docstring); returns compare.json's content."""
+                report_only: bool = False, log: Callable[[str], None] = print) -> dict:
+    """The whole comparison (see the module docstring); returns compare.json's content.
+    ``report_only``: no step runs; the results are written from what has finished."""
     overrides = [f"output_dir={json.dumps(output_dir)}"] if output_dir else []
     cfg = load_config(CompareConfig, config, overrides)
     cmp = Compare(cfg, os.path.abspath(data_path) if data_path else None, device_target, log)
     if jobs < 1:
         raise HourNASError(f"--jobs must be >= 1, got {jobs}")
     t0 = time.time()
-    run_chain(cmp, jobs, dry_run)
+    if report_only:
+        if not any(cmp.search_done(s) for s in cfg.seeds):
+            raise HourNASError(f"nothing to report in {cmp.out}: no search of {config} has "
+                               f"finished; run the same command without --report first")
+    else:
+        run_chain(cmp, jobs, dry_run)
     if dry_run:
         return {}
     nets = collect(cmp)

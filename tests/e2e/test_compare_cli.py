@@ -27,8 +27,11 @@ def test_compare_end_to_end_and_its_resume(tiny_search_run, tmp_path):
     targets = json.loads((out / "search" / "seed0" / "summary.json").read_text())["targets"]
     for n in nets.values():  # every net retrained, counted with the one counter, same size
         assert n["top1"] is not None and 0 <= n["top1"] <= 100 and n["epochs"] == 1
-        c = count(load_arch(n["arch"]))
+        arch = load_arch(n["arch"])
+        c = count(arch)
         assert (n["params"], n["flops"]) == (c["params"], c["flops"])
+        assert (n["skips"], n["grouped"]) == (sum(o.is_skip for o in arch.ops),
+                                              sum(o.g > 1 for o in arch.ops))
         if n["group"] != "searched":
             assert all(abs(c[k] / t - 1) <= 0.05 + 1e-9 for k, t in targets.items())
     assert sorted(n["rank"] for n in nets.values()) == [1, 2, 3, 4, 5]
@@ -41,7 +44,18 @@ def test_compare_end_to_end_and_its_resume(tiny_search_run, tmp_path):
         assert (out / name).stat().st_size > 100
     assert "| searched_s0 | searched |" in (out / "compare.md").read_text(encoding="utf-8")
 
+    assert not any(result["pending"].values())
+    assert "Not finished" not in (out / "compare.md").read_text(encoding="utf-8")
+
     shutil.rmtree(out / "train" / "random_02")  # lost: only that one is done again
+    report = run_cli("analyze.py", "compare", "--config", str(config), "--output_dir", str(out),
+                     "--report", "--json")  # where it stands, nothing run
+    assert " -> " not in report.stderr
+    partial = last_json(report.stdout)
+    assert partial["pending"] == {"search": 0, "random": 0, "train": 1}
+    assert [n["name"] for n in partial["nets"] if n["top1"] is None] == ["random_02"]
+    assert not (out / "train" / "random_02").exists()
+    assert "Not finished** (steps left: train 1)" in (out / "compare.md").read_text("utf-8")
     again = run_cli("analyze.py", "compare", "--config", str(config), "--output_dir", str(out),
                     "--json")
     started = [ln for ln in again.stderr.splitlines() if " -> " in ln]
@@ -50,3 +64,11 @@ def test_compare_end_to_end_and_its_resume(tiny_search_run, tmp_path):
     redone = {n["name"]: n for n in last_json(again.stdout)["nets"]}
     assert redone["random_02"]["top1"] == nets["random_02"]["top1"]  # same seed, same result
     assert redone["searched_s0"]["top1"] == nets["searched_s0"]["top1"]
+
+
+def test_report_before_any_search_is_an_error(tmp_path):
+    proc = run_cli("analyze.py", "compare", "--config", CONFIG, "--output_dir",
+                   str(tmp_path / "none"), "--report", check=False)
+    assert proc.returncode == 2
+    assert "error: nothing to report" in proc.stderr and "without --report" in proc.stderr
+    assert not (tmp_path / "none").exists()
