@@ -192,9 +192,9 @@ def set_seed(seed: int) -> None:
 def seed_data_pipeline(seed: int) -> None:
     """Seed the random image ops (crops, flips, CutOut) of the next MindSpore dataset
     pipeline built in this process (``ds.config.set_seed``: process-wide; a pipeline reads it
-    when it is built). src/data.py calls it just before building each augmenting CIFAR-10 /
-    ImageNet pipeline, with a seed derived from (seed, epoch, start_batch), so the value is
-    per pipeline and the entry points cannot set it once."""
+    when it is built). src/data/pipeline.py calls it just before building each augmenting
+    CIFAR-10 / ImageNet pipeline, with a seed derived from (seed, epoch, start_batch), so the
+    value is per pipeline and the entry points cannot set it once."""
     import mindspore.dataset as ds
 
     ds.config.set_seed(int(seed))
