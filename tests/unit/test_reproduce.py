@@ -265,6 +265,27 @@ def test_summary_compares_with_the_paper(tmp_path):
     assert cells[4].endswith("(2.8M)") and cells[6] == "96.50 (96.61)" and cells[7] == "99.90"
 
 
+def test_summary_sets_the_published_table_under_ours(tmp_path):
+    """A row with `published:` figures (Fashion-MNIST's benchmark table): the summary lists
+    them under our result, in the JSON and the Markdown."""
+    run = run_of(tmp_path, "fashion_mnist", device_target="CPU", data_path="/d")
+    write(Path(run.path("search", "arch.yaml")), TINY_ARCH)
+    write(Path(run.path("search", "summary.json")), json.dumps({"stage_seconds": {"vital": 60.0}}))
+    ckpt = write(Path(run.best_ckpt()))
+    write(Path(run.path("train", "log", "eval.log")),
+          json.dumps({"top1": 90.25, "top5": 99.0, "images": 10000, "ckpt": str(ckpt)}) + "\n")
+    s = summarize(run)
+    assert s["paper"] is None and "delta" not in s
+    published = {f["model"]: f for f in s["published"]}
+    assert published["Google AutoML"]["top1"] == 93.9
+    assert published["DenseNet-BC"]["params_m"] == 0.768
+    md = Path(run.path("reproduce_summary.md")).read_text()
+    assert "Published figures on the same data (the benchmark table of Fashion-MNIST's README" in md
+    assert "| **ours: fashion_mnist** |" in md and "| **90.25** |" in md
+    assert "| Google AutoML (24 compute hours) | — | 93.9 |" in md
+    assert md.count("\n| ") == 3 + len(s["published"])  # our row, header, rule, theirs
+
+
 def test_summary_without_a_search_result_is_an_error(tmp_path):
     with pytest.raises(HourNASError, match="no search result"):
         summarize(run_of(tmp_path))
