@@ -74,8 +74,41 @@ def test_tiny_cpu_dry_run_from_the_environment_with_skip(tmp_path):
         "--executors eager --allpath_repeats 0 --no_torch"]
 
 
+def test_fashion_dry_run_adds_the_full_recipe_last(tmp_path):
+    out, data = tmp_path / "dc", tmp_path / "fm"
+    data.mkdir()
+    proc = check(out, "--dry-run", "--fashion", data)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == (
+        f"python train.py --config config/train/fashion_mnist_full.yaml --arch "
+        f"config/arch/hournas_fashion_mnist.yaml --data_path {data} --device_target GPU "
+        f"--output_dir {out}/fashion --set train.amp_level=O2 --json")
+
+
+def test_tiny_fashion_step_for_real(tmp_path):
+    """--fashion DIR: the searched Fashion-MNIST net retrained with the full recipe (--tiny:
+    two steps), its last epoch's test top-1 in the summary."""
+    from tests.fashion_fixtures import write_fashion_mnist
+
+    data, out = tmp_path / "fm", tmp_path / "dc"
+    write_fashion_mnist(data, n_train=64, n_test=40)
+    proc = check(out, "--device_target", "CPU", "--tiny", "--fashion", data, "--skip",
+                 "search,train,eval,export,train_step,search_step")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    s = summary(out)
+    assert s["ok"] is True  # the steps left out, whose inputs are missing, are not failures
+    assert {st["step"]: st["status"] for st in s["steps"]} == {
+        **{n: "left out" for n in ("search", "train", "eval", "export", "train_step",
+                                   "search_step")}, "fashion": "ok"}
+    fashion = by_step(s)["fashion"]
+    assert fashion["status"] == "ok" and fashion["figures"]["epochs"] == 1
+    assert 0 <= fashion["figures"]["last_epoch_top1"] <= 100
+    assert "in_channels 3 -> 1" not in (out / "log" / "fashion.log").read_text()  # already 1
+
+
 @pytest.mark.parametrize("args, message", [
     (["--bogus"], "unknown option '--bogus'"),
+    (["--fashion", "{out}/none"], "--fashion: '{out}/none' is not a folder"),
     (["--device_target", "TPU"], "device target must be GPU, CPU or Ascend, got 'TPU'"),
     (["--budget", "ten"], "--budget must be a whole number of seconds"),
     (["--skip", "train,nap"], "--skip: unknown step 'nap'"),
@@ -89,6 +122,7 @@ def test_input_checks(tmp_path, args, message):
     (tmp_path / "file").write_text("x")
     args = [a.format(out=tmp_path / "dc", full=tmp_path / "full", file=tmp_path / "file")
             for a in args]
+    message = message.format(out=tmp_path / "dc")
     proc = check(*args)
     assert proc.returncode == 2
     assert f"error: {message}" in proc.stderr.splitlines()[0] or message in proc.stderr
