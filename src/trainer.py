@@ -58,6 +58,7 @@ CKPT_FORMAT = "hournas-train-1"
 # new values, and the log says so.
 RESUME_LR_KEYS = ("train.lr", "train.min_lr")
 RESUME_MAY_CHANGE = ("arch", "distributed", "train.epochs", "train.log_every", "train.val_interval",
+                     "train.bn_recalibrate",
                      "train.ckpt_keep", "train.ckpt_every", "train.eval_batch_size",
                      "data.num_workers", "data.path", "output_dir", "device_target") + RESUME_LR_KEYS
 
@@ -94,7 +95,7 @@ class TrainParams:
     # lr is the peak rate at a global batch of base_batch. lr_scaling 'linear' scales it by
     # batch_size / base_batch (Goyal et al. 2017), so a recipe keeps its meaning on other batch
     # sizes; 'none' uses lr as given.
-    lr: float = 0.02
+    lr: float = 0.1
     base_batch: int = 64
     lr_scaling: str = "linear"
     warmup_epochs: float = 1.0      # linear warm-up from lr/warmup_steps to lr
@@ -104,7 +105,7 @@ class TrainParams:
     nesterov: bool = False
     weight_decay: float = 4e-5
     decay_bn_bias: bool = False     # weight decay on BN gamma/beta and biases too
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     ema: bool = False               # evaluate/export an exponential moving average of weights
     ema_decay: float = 0.9999
     amp_level: str = "O0"           # O0 (fp32; forced on CPU) | O1 | O2 | O3 (GPU/Ascend)
@@ -116,7 +117,7 @@ class TrainParams:
     # (not augmented) with the weights being validated, and kept in the checkpoint; 0: off.
     # The running averages lag weights that change fast: on the digits they read near chance
     # for half a run while the same weights scored 86-95% on batch statistics (docs/results.md).
-    bn_recalibrate: int = 0
+    bn_recalibrate: int = 22
     val_interval: int = 1           # validate every N epochs (and after the last)
     log_every: int = 10             # progress line every N steps
     ckpt_every: int = 0             # also checkpoint every N steps (0: at epoch ends only)
@@ -923,12 +924,14 @@ def recalibrate_bn(run: Run, own: dict, prefix: str) -> None:
     in a fixed order per epoch: forward passes in training mode move each running average
     towards these weights' statistics (momentum 0.9 a batch: after n batches the lagged start
     weighs 0.9^n). The new statistics go back into the step's own (``prefix``: "ema." for the
-    EMA copy), so the checkpoint holds what was evaluated; training itself never reads them."""
+    EMA copy), so the checkpoint holds what was evaluated; training itself never reads them.
+    Data parallel: every rank reads the same batches (not its shard), so all ranks hold the
+    same statistics and rank 0's checkpoint is what the sharded evaluation used."""
     import mindspore as ms
 
     p = run.cfg.train
     data = make_dataset(run.cfg.data, "train", p.batch_size // run.size, augment=False,
-                        shuffle=True, seed=p.seed + 1, epoch=run.pos.epoch, shard=run.shard,
+                        shuffle=True, seed=p.seed + 1, epoch=run.pos.epoch, shard=None,
                         drop_remainder=True)
     run.eval_net.set_train(True)
     done = 0

@@ -506,6 +506,6 @@ def test_resume_may_lower_the_learning_rate_and_says_so(w, tmp_path):
     proc = run_cli("train.py", "--output_dir", str(run), "--resume", "--epochs", "2",
                    "--set", "train.lr=0.002", check=False, timeout=HANG)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert ("learning rate changed on resume: train.lr 0.02 -> 0.002; the schedule continues "
+    assert ("learning rate changed on resume: train.lr 0.1 -> 0.002; the schedule continues "
             "at global step 2") in proc.stdout
     assert (run / "tiny-2_2.ckpt").is_file()
