@@ -360,8 +360,9 @@ def collect(cmp: Compare) -> list[Net]:
 
 
 def score_supernets(cmp: Compare, nets: list[Net]) -> None:
-    """Each network's accuracy on each finished search's final supernet (cached in
-    supernet_eval.json: scoring takes a pass over the architecture split per network)."""
+    """Each retrained network's accuracy on each finished search's final supernet (cached in
+    supernet_eval.json: scoring takes a pass over the architecture split per network; one not
+    retrained yet waits, as its score serves only the ranking against its top-1)."""
     from src.checkpoint import atomic_write_text
     from src.search.supernet_eval import supernet_accuracy
     from src.space.space import load_arch
@@ -372,7 +373,7 @@ def score_supernets(cmp: Compare, nets: list[Net]) -> None:
         with open(cache_path, encoding="utf-8") as f:
             cache = json.load(f)
     for s in cmp.cfg.seeds:
-        todo = [n for n in nets if f"{s}:{n.name}" not in cache]
+        todo = [n for n in nets if n.top1 is not None and f"{s}:{n.name}" not in cache]
         if todo:
             cmp.log(f"scoring {len(todo)} networks on the supernet of seed {s}")
             accs = supernet_accuracy(cmp.search_dir(s), [load_arch(n.arch) for n in todo],
