@@ -106,7 +106,7 @@ def parser() -> argparse.ArgumentParser:
                      help="a comparison config (config/compare/)")
     cmp.add_argument("--jobs", type=int, default=1, metavar="N",
                      help="run up to N independent steps at once, each on its own core "
-                          "(default 1; on a 2-core machine 2 finishes sooner)")
+                          "(default 1; docs/analysis.md)")
     mode = cmp.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", dest="dry_run", action="store_true",
                       help="print the commands, run nothing")
