@@ -20,6 +20,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from src.interrupt import exit_on_interrupt  # noqa: E402
+
+exit_on_interrupt()  # before the heavy imports: Ctrl-C while they load is one line
+
 from src.cli import ArgumentParser, common_parser, emit_json, log, run_main  # noqa: E402
 from src.data import DATASETS  # noqa: E402
 from src.errors import HourNASError  # noqa: E402

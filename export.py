@@ -24,6 +24,10 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from src.interrupt import exit_on_interrupt, on_interrupt  # noqa: E402
+
+exit_on_interrupt()  # before the heavy imports: Ctrl-C while they load is one line
+
 from src.cli import common_parser, emit_json, log, run_main  # noqa: E402
 from src.errors import HourNASError  # noqa: E402
 
@@ -123,6 +127,7 @@ def main(args) -> int:
     result = {"arch": arch.name, "ckpt": args.ckpt, "input": [None, c, s, s], "files": {}}
 
     stage = staging_dir()
+    forget = on_interrupt(lambda: shutil.rmtree(stage, ignore_errors=True))
     try:
         if fmt in ("MINDIR", "BOTH"):
             path = os.path.join(out_dir, f"{arch.name}.mindir")
@@ -166,6 +171,7 @@ def main(args) -> int:
             result["files"]["ONNX"] = entry
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        forget()
 
     if args.json:
         emit_json(result)

@@ -37,7 +37,11 @@ from __future__ import annotations
 import os
 import sys
 
-from src.cli import common_parser, emit_json, log, overrides_from_args, run_main
+from src.interrupt import exit_on_interrupt
+
+exit_on_interrupt()  # before the heavy imports: Ctrl-C while they load is one line
+
+from src.cli import common_parser, emit_json, log, overrides_from_args, run_main  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(ROOT, "config", "search", "default.yaml")

@@ -20,6 +20,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from src.interrupt import exit_on_interrupt  # noqa: E402
+
+exit_on_interrupt()  # before the heavy imports: Ctrl-C while they load is one line
+
 from src.cli import common_parser, emit_json, log, overrides_from_args, run_main  # noqa: E402
 from src.config import load_config  # noqa: E402
 

@@ -106,12 +106,16 @@ run_job() {
   echo >> "$log_dir/$name.command"
   echo "[$SCRIPT] $(cat "$log_dir/$name.command")"
   echo "[$SCRIPT] logs: $log_dir/"
-  local rc=0 interrupted=0
-  trap 'interrupted=1' INT
-  "${cmd[@]}" 2>&1 | tee "$log_dir/$name.log" || rc=$?
-  trap - INT
-  if (( interrupted )); then
-    rc=130
+  local rc=0 stopped=0
+  # A stop (Ctrl+C, a SIGTERM to the process group) reaches the job, which saves its state and
+  # exits 130/143; this script waits for that, and the log's tee, which ignores the signals,
+  # keeps the job's last lines (a tee that died first would break the job's output mid-save).
+  trap 'stopped=130' INT
+  trap 'stopped=143' TERM
+  "${cmd[@]}" 2>&1 | tee_log "$log_dir/$name.log" || rc=$?
+  trap - INT TERM
+  if (( stopped )) && (( rc == 1 )) && [[ ${cmd[0]} == msrun ]]; then
+    rc=$stopped  # msrun says 1 for workers that a signal stopped
   elif (( rc != 0 )) && [[ ${cmd[0]} == msrun ]]; then
     # msrun exits 1 for any failed worker; its log names the worker's own exit code
     local code
@@ -122,10 +126,29 @@ run_job() {
       rc=$code
     fi
   fi
-  if (( rc != 0 )); then
+  if (( rc == 130 || rc == 143 )); then
+    local again=""
+    [[ $name == eval ]] || again="; add -- --resume to the same command to continue where it stopped"
+    echo "[$SCRIPT] the job stopped (exit code $rc)$again; logs: $log_dir/" >&2
+  elif (( rc != 0 )); then
+    job_error "$log_dir/$name.log"
     echo "[$SCRIPT] the job failed with exit code $rc; logs: $log_dir/" >&2
   fi
   return "$rc"
+}
+
+# tee_log FILE: tee stdin to stdout and FILE, deaf to SIGINT/SIGTERM: it ends when the job's
+# output does, so the job's stop message and exit code are never cut off
+tee_log() {
+  (trap '' INT TERM; exec tee "$1")
+}
+
+# job_error LOG: the job's own error line (it went to the log through stdout) on stderr too
+job_error() {
+  local line
+  line=$(grep -a '^error: ' "$1" | tail -n 1 || true)
+  [[ -n $line ]] && echo "$line" >&2
+  return 0
 }
 
 # The three kinds of job. DEVICE_TARGET is set by the calling script (CPU, GPU or Ascend).

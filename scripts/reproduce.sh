@@ -71,15 +71,41 @@ docs/reproduce.md."
     fi
     echo "[$SCRIPT] $stage: ${line% }" >&2
     if [[ ${cmd[0]} == bash ]]; then  # a launcher: it logs under its output folder
-      "${cmd[@]}" || rc=$?
+      run_stage "${cmd[@]}" || rc=$?
     else
       mkdir -p "$out/log"
-      "${cmd[@]}" 2>&1 | tee "$out/log/$stage.log" || rc=$?
+      STAGE_LOG="$out/log/$stage.log" run_stage bash -c \
+        'set -o pipefail; "$@" 2>&1 | (trap "" INT TERM; exec tee "$STAGE_LOG")' bash "${cmd[@]}" ||
+        rc=$?
     fi
-    if (( rc != 0 )); then
-      echo "[$SCRIPT] the $stage stage failed with exit code $rc; run the same command again to continue" >&2
+    if (( rc == 130 || rc == 143 )); then
+      echo "[$SCRIPT] stopped in the $stage stage (exit code $rc); run the same command again to continue where it stopped" >&2
+      exit "$rc"
+    elif (( rc == 2 )); then
+      echo "[$SCRIPT] the $stage stage failed with exit code 2 (its error line above says what to fix); fix that, then run the same command again" >&2
+      exit "$rc"
+    elif (( rc != 0 )); then
+      echo "[$SCRIPT] the $stage stage failed with exit code $rc (see its log under $out/); a rerun continues from the last saved state, but will likely fail the same way until the cause is fixed" >&2
       exit "$rc"
     fi
   done
   (( dry_run )) || echo "[$SCRIPT] done: $out/reproduce_summary.md" >&2
+}
+
+# run_stage CMD...: one stage in its own process group, waited for. A SIGINT or SIGTERM to
+# this runner (Ctrl+C, or `kill PID` of the runner alone) is passed on to the whole stage,
+# which saves its state and stops; the runner waits for that and exits with the stage's code.
+# Without this, the stage would go on in the background and a rerun would meet it.
+run_stage() {
+  local pid rc=0
+  setsid "$@" &
+  pid=$!
+  trap 'kill -INT -- -'"$pid"' 2>/dev/null || true' INT
+  trap 'kill -TERM -- -'"$pid"' 2>/dev/null || true' TERM
+  while :; do
+    wait "$pid" && rc=0 || rc=$?
+    kill -0 "$pid" 2>/dev/null || break  # still running: the wait was cut short by a signal
+  done
+  trap - INT TERM
+  return "$rc"
 }

@@ -145,6 +145,47 @@ def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
+class _TolerantStream:
+    """stdout/stderr whose reader may go away (a closed pipe, a log ``tee`` stopped with the
+    job): the first failed write sends the rest to /dev/null instead of raising in the middle
+    of a save; the run still ends, saves and exits with its own code."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _drop(self) -> None:
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+        except (OSError, ValueError):
+            pass
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._drop()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def tolerate_closed_output() -> None:
+    """Make a closed stdout or stderr harmless for the rest of the process."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _TolerantStream):
+            setattr(sys, name, _TolerantStream(stream))
+
+
 def run_main(main_fn: Callable[[argparse.Namespace], int | None], argv: Sequence[str] | None = None,
              parser: argparse.ArgumentParser | None = None) -> int:
     """Parse ``argv`` with ``parser`` (default ``common_parser``), run ``main_fn(args)`` and
@@ -153,6 +194,7 @@ def run_main(main_fn: Callable[[argparse.Namespace], int | None], argv: Sequence
     '<path>': <why>; <what to do>``, SystemExit(2);
     Ctrl-C -> SystemExit(130); any other exception -> one ``error: internal error`` line,
     SystemExit(1). ``--debug`` adds the traceback. Usage errors exit 2 (argparse)."""
+    tolerate_closed_output()
     parser = parser or common_parser(main_fn.__doc__)
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))

@@ -30,6 +30,10 @@ from src.errors import ConfigError
 Size = Annotated[float, "size"]
 """A count such as FLOPs or parameters; YAML may say 4.8M, 295M, 1.5G, 300K, 2.5e6."""
 
+Seed = Annotated[int, "seed"]
+"""A random seed: an integer in 0 .. 2**32 - 1 (what numpy and MindSpore accept)."""
+SEED_MAX = 2**32 - 1
+
 BASE_KEY = "_base_"
 _SIZE_RE = re.compile(r"^([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*([kmg]?)$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
@@ -164,7 +168,13 @@ def _is_size(tp: Any) -> bool:
     return typing.get_origin(tp) is Annotated and "size" in tp.__metadata__
 
 
+def _is_seed(tp: Any) -> bool:
+    return typing.get_origin(tp) is Annotated and "seed" in tp.__metadata__
+
+
 def _short(tp: Any) -> str:
+    if _is_seed(tp):
+        return "seed"
     if _is_size(tp):
         return "size"
     if typing.get_origin(tp) is not None:
@@ -177,6 +187,8 @@ def _type_name(tp: Any) -> str:
         return "any value"
     if _is_size(tp):
         return "a size (e.g. 4.8M, 295M, 1.5G)"
+    if _is_seed(tp):
+        return f"a seed (an integer 0 .. {SEED_MAX})"
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Annotated:
         return _type_name(args[0])
@@ -231,6 +243,12 @@ def _coerce(value: Any, tp: Any, key: str, default: Any = None) -> Any:
         return value
     if _is_size(tp):
         return float(parse_size(value, key))
+    if _is_seed(tp):
+        seed = _coerce_scalar(value, int, key)
+        if not 0 <= seed <= SEED_MAX:
+            raise ConfigError(f"config key '{key}' must be a seed, an integer 0 .. {SEED_MAX}, "
+                              f"got {seed}")
+        return seed
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Annotated:
         return _coerce(value, args[0], key, default)

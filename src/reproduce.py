@@ -411,7 +411,9 @@ def markdown_row(s: dict) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m src.reproduce", description=__doc__,
+    from src.cli import ArgumentParser  # one error line, not argparse's usage block
+
+    p = ArgumentParser(prog="python -m src.reproduce", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -484,6 +486,9 @@ def main(args) -> int:
 
 
 if __name__ == "__main__":
+    from src.interrupt import exit_on_interrupt
+
+    exit_on_interrupt()
     from src.cli import run_main
 
     sys.exit(run_main(main, parser=_parser()))

@@ -28,9 +28,10 @@ from typing import Callable
 
 import numpy as np
 
+from src.rundir import lock_output_dir
 from src.checkpoint import (atomic_write, atomic_write_text, check_fit, load_checkpoint,
                             save_checkpoint)
-from src.config import save_config, to_dict
+from src.config import Seed, save_config, to_dict
 from src.context import agree_stop
 from src.data import DataConfig, DatasetInfo, dataset_info, make_dataset, num_batches, sample_order
 from src.errors import CheckpointError, ConfigError, HourNASError, Stopped
@@ -122,7 +123,7 @@ class TrainParams:
     log_every: int = 10             # progress line every N steps
     ckpt_every: int = 0             # also checkpoint every N steps (0: at epoch ends only)
     ckpt_keep: int = 3              # periodic checkpoints kept (the best one is kept apart)
-    seed: int = 0
+    seed: Seed = 0
     sync_bn: bool = False           # data parallel on GPU/Ascend: BatchNorm over the global batch
 
     def validate(self) -> None:
@@ -723,6 +724,8 @@ def prepare_run(cfg: TrainConfig, facts: dict, resume_from: str | None,
     info = dataset_info(cfg.data)
     params, extra = _choose_arch(run, info)
     run.spe = steps_per_epoch(cfg, run.shard)
+    if run.main:  # every check on the inputs is done: the first write is the folder's lock
+        lock_output_dir(cfg.output_dir, "training")
     os.makedirs(cfg.output_dir, exist_ok=True)
     run.runlog = JsonLog(run.path(LOG_NAME), enabled=run.main)
     _build(run)

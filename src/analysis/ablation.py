@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from src.rundir import lock_output_dir
 from src.config import format_size, read_yaml
 from src.errors import HourNASError
 
@@ -344,11 +345,13 @@ def run_ablations(set_name: str, output_dir: str, *, full: bool = False,
     names = list(configs) if configs else config_names(set_name)
     _check_request(names, full, retrain_epochs)
     search_args, train_args = list(search_args or []), list(train_args or [])
+    from src.checkpoint import check_output_dir
+    check_output_dir(output_dir)  # a dry run refuses what the real run would
     if dry_run:
         _print_commands(names, output_dir, full, retrain_epochs, search_args, train_args, log)
         return [], {}
     check_available(names, full, retrain_epochs > 0)
-    os.makedirs(output_dir, exist_ok=True)
+    lock_output_dir(output_dir, "ablation run")  # makes the folder; one run at a time
     rows = []
     for k, name in enumerate(names, 1):
         run_dir = os.path.join(output_dir, name)

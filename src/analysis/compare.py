@@ -32,7 +32,8 @@ from typing import Callable
 
 import numpy as np
 
-from src.config import format_size, load_config
+from src.rundir import lock_output_dir
+from src.config import Seed, format_size, load_config
 from src.errors import ConfigError, HourNASError
 from src.jsonlog import read_jsonl
 
@@ -49,9 +50,9 @@ class CompareConfig:
 
     search: str                     # search config (repository-relative or absolute)
     train: str                      # training recipe every network is retrained with
-    seeds: list[int] = field(default_factory=lambda: [0])   # one search per seed
+    seeds: list[Seed] = field(default_factory=lambda: [0])   # one search per seed
     random: int = 5                 # architectures drawn at random with the same targets
-    random_seed: int = 100          # their draw's seed (not one of the search seeds)
+    random_seed: Seed = 100          # their draw's seed (not one of the search seeds)
     random_vital: int = 0           # drawn with the first seed's vital ops fixed
     supernet: bool = True           # score every network on each search's final supernet
     output_dir: str = "runs/compare"
@@ -302,7 +303,7 @@ def run_chain(cmp: Compare, jobs: int = 1, dry_run: bool = False) -> None:
         cmp.log(f"then: the steps that need those (retraining each network with "
                 f"train.py --config {cmp.cfg.train})")
         return
-    os.makedirs(cmp.out, exist_ok=True)
+    lock_output_dir(cmp.out, "comparison")  # makes the folder; one run at a time
     remaining = step_counts(cmp)
     progress = Progress(cmp.path(PROGRESS_FILE), sum(remaining.values()), jobs, cmp.log)
     runner, failed = Runner(cmp, jobs), None
@@ -538,6 +539,8 @@ def run_compare(config: str, *, data_path: str | None = None, output_dir: str | 
     cmp = Compare(cfg, os.path.abspath(data_path) if data_path else None, device_target, log)
     if jobs < 1:
         raise HourNASError(f"--jobs must be >= 1, got {jobs}")
+    from src.checkpoint import check_output_dir
+    check_output_dir(cmp.out)  # a dry run refuses what the real run would
     t0 = time.time()
     if report_only:
         if not any(cmp.search_done(s) for s in cfg.seeds):

@@ -52,6 +52,9 @@ def dataset_info(cfg: DataConfig) -> DatasetInfo:
                            channels=1)
     else:
         classes, n_train, n_val = check_imagenet(cfg.path)
+        if classes < 2:
+            raise DataError(f"ImageNet folder '{cfg.path}' has {classes} class folder in train/; "
+                            f"a classifier needs at least two (train/<class>/<image>)")
         info = DatasetInfo("imagenet", classes, cfg.size, n_train, n_val)
     _INFO_CACHE[key] = info
     return info

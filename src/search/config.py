@@ -3,11 +3,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from src.config import Size
+from src.config import Seed, Size
 from src.data import DataConfig
 from src.errors import HourNASError
 
 SAMPLERS = ("gumbel_max", "gumbel_softmax", "softmax")
+# Temperatures a search accepts: below TAU_LOW, logits / tau overflow float32 (a sampled
+# path's weights turn to NaN at the first step); above TAU_HIGH every op is equally likely.
+TAU_LOW, TAU_HIGH = 1e-3, 1e3
+
+
+def check_tau(key: str, value: float | None, low: float = TAU_LOW) -> None:
+    """A temperature (config key ``key``) within [low, TAU_HIGH] and finite."""
+    import math
+    if value is not None and not (math.isfinite(value) and low <= value <= TAU_HIGH):
+        raise HourNASError(f"{key} must be a temperature in [{low:g}, {TAU_HIGH:g}], got "
+                           f"{value!r}" + (" (below it, logits / tau overflow float32)"
+                                           if math.isfinite(value) and 0 < value < low else ""))
 EXECUTORS = ("auto", "eager", "graph")
 ORTHOGONALITY = ("cosine", "paper")
 # hournas: Algorithm 1. random: the baseline, architectures drawn uniformly among those that
@@ -34,7 +46,7 @@ class ProposalConfig:
     init_std: float = 0.1          # θ_j ~ N(0, init_std^2): near-uniform, different per proposal
     orthogonality: str = "cosine"  # cosine: |cos| of per-layer-centred θ's; paper: |ΘΘᵀ - I| raw
     resolve: int = 2               # re-solves of proposals whose arg-max net misses a target by >5%
-    seed: int = 0
+    seed: Seed = 0
     targets: dict[str, Size] = field(default_factory=lambda: {"params": 4.8e6, "flops": 295e6})
     latency_table: str | None = None
     report_samples: int = 10000
@@ -49,10 +61,12 @@ class ProposalConfig:
                                f"{', '.join(SAMPLERS)}")
         if not self.targets:
             raise HourNASError("proposal.targets is empty; give at least one, e.g. params: 4.8M")
-        if self.tau <= 0 or (self.tau_final is not None and self.tau_final <= 0):
-            raise HourNASError("proposal.tau and proposal.tau_final must be > 0")
-        if not self.report_taus or any(t <= 0 for t in self.report_taus):
-            raise HourNASError("proposal.report_taus must be a non-empty list of temperatures > 0")
+        check_tau("proposal.tau", self.tau)
+        check_tau("proposal.tau_final", self.tau_final)
+        if not self.report_taus:
+            raise HourNASError("proposal.report_taus must be a non-empty list of temperatures")
+        for i, t in enumerate(self.report_taus):
+            check_tau(f"proposal.report_taus[{i}]", t)
         if self.init_std <= 0 or self.lr <= 0 or self.beta < 0 or self.resolve < 0:
             raise HourNASError("proposal.init_std and proposal.lr must be > 0, proposal.beta "
                                "and proposal.resolve >= 0")
@@ -86,7 +100,7 @@ class SearchParams:
     executor: str = "auto"
     vital_priori: bool = True
     val_fraction: float = 0.2
-    seed: int = 0
+    seed: Seed = 0
     log_every: int = 10
     ckpt_every: int = 50
     beam: int = 256
@@ -131,8 +145,9 @@ class SearchParams:
                                f"{', '.join(EXECUTORS)}")
         if not 0.0 < self.val_fraction < 1.0:
             raise HourNASError(f"search.val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.tau <= 0:
-            raise HourNASError(f"search.tau must be > 0, got {self.tau}")
+        check_tau("search.tau", self.tau)
+        if self.tau_min != 0.0:  # 0: no floor (tau decays from search.tau)
+            check_tau("search.tau_min", self.tau_min)
         if not 0.0 < self.tau_decay <= 1.0:
             raise HourNASError(f"search.tau_decay must be in (0, 1], got {self.tau_decay}")
 

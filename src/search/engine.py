@@ -34,6 +34,7 @@ from src.data import dataset_info, search_split
 from src.errors import HourNASError
 from src.proposal import check_feasible, solve_proposals
 from src.resource import OBJECTIVES, ResourceTable, resource_table
+from src.rundir import lock_output_dir
 from src.sampler import GumbelNoise, TauSchedule
 from src.search.config import SearchConfig
 from src.search.derive import ranked_choices
@@ -354,6 +355,13 @@ class SearchRun:
                                f"one batch of {self.p.batch_size}; lower search.batch_size")
         return min(n, self.p.steps_per_epoch) if self.p.steps_per_epoch else n
 
+    def check_batches(self) -> None:
+        """Both splits hold at least one batch (checked before anything is written)."""
+        self.steps_per_epoch()
+        if len(self.a_idx) < self.p.batch_size:
+            raise HourNASError(f"the architecture split has {len(self.a_idx)} samples, fewer "
+                               f"than one batch of {self.p.batch_size}; lower search.batch_size")
+
     def start(self, resume: bool) -> tuple[dict, dict] | None:
         """Check the folder, then load its checkpoint (``resume``) or start a new run.
         Returns the loaded checkpoint (params, extra), or None."""
@@ -365,6 +373,9 @@ class SearchRun:
         if not resume and os.path.exists(self.path(STATE_FILE)):
             raise HourNASError(f"'{self.out}' already holds a search ({STATE_FILE}); pass "
                                f"--resume to continue it or choose another --output_dir")
+        self.check_batches()
+        if self.is_main:  # every check is done: the first write is the folder's lock
+            lock_output_dir(self.out, "search")
         os.makedirs(self.out, exist_ok=True)
         if self.is_main:
             remove_stale_temps(self.out)  # left by a run killed while writing

@@ -34,17 +34,29 @@ STAGE_LABELS = {"vital": "stage 1/2 (vital layers)", "nonvital": "stage 2/2 (non
 # non-finite-loss message is the search's own (it names the stage, step and last good state).
 
 
-def check_finite_losses(run, stage: str, w_loss: float, a_loss: float) -> None:
-    """A non-finite loss stops the run naming the step and the last good state."""
+def check_finite_losses(run, stage, w_loss: float, a_loss: float) -> None:
+    """A non-finite loss stops the run naming the step, the last good state and the rate to
+    lower (:func:`diverged_rate`)."""
     if math.isfinite(w_loss) and math.isfinite(a_loss):
         return
     st = run.state
     raise HourNASError(
-        f"non-finite loss at {stage} epoch {st.epoch + 1} step {st.step + 1} (global step "
+        f"non-finite loss at {stage.name} epoch {st.epoch + 1} step {st.step + 1} (global step "
         f"{st.global_step + 1}; weight loss {w_loss}, architecture loss {a_loss}); the last "
         f"good state is in {run.path(STATE_FILE)} (global step {run.saved_step}); "
-        + lower_lr_command(run.cfg, run.out, ("search.w_lr",) if not math.isfinite(w_loss)
-                           else ("search.arch_lr",)))
+        + lower_lr_command(run.cfg, run.out, (diverged_rate(stage, w_loss),)))
+
+
+def diverged_rate(stage, w_loss: float) -> str:
+    """The learning rate that made the loss non-finite. The architecture step's loss is
+    computed with the weights the weight step has just changed, so a non-finite architecture
+    loss is the weights' doing (``search.w_lr``) unless the weights are all finite and θ (Π, Θ)
+    is not (``search.arch_lr``)."""
+    if not math.isfinite(w_loss):
+        return "search.w_lr"
+    weights_ok = all(np.isfinite(p.asnumpy()).all() for p in stage.net.get_parameters())
+    arch_ok = all(np.isfinite(v).all() for v in stage.arch.values().values())
+    return "search.arch_lr" if weights_ok and not arch_ok else "search.w_lr"
 
 
 def progress_bar(stage: str, done: int, total: int, per_step: float, eta: float) -> None:

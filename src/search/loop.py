@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 from src.data import make_dataset
-from src.errors import HourNASError
 from src.search.hooks import check_finite_losses
 from src.search.step import PathSample, StepResult, sample_path
 
@@ -75,7 +74,7 @@ def bilevel_loop(run, stage: Stage, hooks: Sequence[Callable[[Iteration], None]]
         a_path = sample_path(arch, run.noise, tau)
         a = stage.executor.arch_step(xv, yv, a_path)
         arch.assign(stage.adam.step(arch.values(), a.grads))
-        check_finite_losses(run, stage.name, w.loss, a.loss)
+        check_finite_losses(run, stage, w.loss, a.loss)
         state.advance()
         it = Iteration(stage.name, tau, lr, w_path, w, a_path, a, time.perf_counter() - t0)
         for hook in hooks:
@@ -114,10 +113,7 @@ def weight_batches(run, epochs: int) -> Iterator:
 
 def arch_batches(run) -> Iterator:
     """Endless stream over the architecture split (20%), resumable by (val_epoch, val_pos)."""
-    state, p = run.state, run.p
-    if len(run.a_idx) < p.batch_size:
-        raise HourNASError(f"the architecture split has {len(run.a_idx)} samples, fewer "
-                           f"than one batch of {p.batch_size}; lower search.batch_size")
+    state, p = run.state, run.p  # (run.check_batches: the split holds a batch)
     while True:
         data = make_dataset(run.cfg.data, "train", run.rank_batch, indices=run.a_idx,
                             shuffle=True, seed=p.seed + 1, epoch=state.val_epoch,

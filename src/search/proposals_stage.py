@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from src.rundir import lock_output_dir
 from src.checkpoint import atomic_write_text
 from src.runlog import log
 from src.errors import HourNASError
@@ -58,7 +59,7 @@ def run_proposals_stage(cfg: SearchConfig, output_dir: str) -> dict:
     log(f"solved {props.m} proposals x {p.iterations} iterations in {props.solve_seconds:.3f} s "
         f"({p.sampler}, tau {p.tau:g} -> {props.settings['tau_final']:g})")
 
-    os.makedirs(output_dir, exist_ok=True)
+    lock_output_dir(output_dir, "search")  # makes the folder; one run at a time
     path = lambda key: os.path.join(output_dir, FILES[key])  # noqa: E731
     props.save(path("proposals"))
     reports = [compliance_report(props, table, p.report_samples, tau, seed=p.seed)

@@ -26,6 +26,7 @@ import json
 import os
 import time
 
+from src.rundir import lock_output_dir
 from src.checkpoint import atomic_write_text
 from src.config import dump_config, format_size, save_config
 from src.errors import HourNASError, ResourceTargetError
@@ -181,7 +182,7 @@ def _summary(space: Space, request: dict, cfg: SearchConfig, drawn: RandomArchs,
 
 def _write(output_dir: str, records: list, summary: dict, cfg: SearchConfig) -> None:
     """The records, the config, and the report last (its presence marks a finished draw)."""
-    os.makedirs(output_dir, exist_ok=True)
+    lock_output_dir(output_dir, "random draw")  # makes the folder; one run at a time
     for j, arch in enumerate(records):
         atomic_write_text(os.path.join(output_dir, _file(j)),
                           f"# Drawn at random (the baseline) in {arch.space}\n"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from src.errors import HourNASError
+from src.rundir import check_stem
 from src.space.blockstr import Block, Op, format_block, format_op, parse_block, parse_op
 from src.space.plan import (Conventions, ConvSpec, LayerPlan, NetPlan, StemSpec, conv_out,
                             plan_layer, residual_possible)
@@ -219,7 +220,7 @@ def _name(data: dict, where: str) -> str:
     value = data["name"]
     if not isinstance(value, str) or not value.strip():
         raise HourNASError(f"{where}: 'name' must be a non-empty string, got {value!r}")
-    return value
+    return check_stem(value, f"{where}: 'name'")  # files are named after it
 
 
 def _parse_all(strings, parse, what: str, where: str) -> list:
@@ -235,6 +236,10 @@ def _parse_all(strings, parse, what: str, where: str) -> list:
             out.append(parse(text))
         except BlockStringError as e:
             raise BlockStringError(f"{where}: {what}[{i}]: {e}") from None
+        if what == "ops" and out[-1] in out[:-1]:  # a choice listed twice would be searched twice
+            j = out.index(out[-1])
+            raise HourNASError(f"{where}: ops[{i}] '{text}' is the same op as ops[{j}] "
+                               f"'{strings[j]}'; list each op once")
     return out
 
 

@@ -36,11 +36,11 @@ def _sparse_cifar(folder: Path, sizes: dict[str, int]) -> None:
             f.truncate(sizes.get(name, CIFAR_SIZE))
 
 
-def _imagenet(root: Path, broken: bool) -> None:
+def _imagenet(root: Path, broken: bool, classes=("n01", "n02")) -> None:
     import cv2
     import numpy as np
     for sub in ("train", "val"):
-        for c in ("n01", "n02"):
+        for c in classes:
             (root / sub / c).mkdir(parents=True)
             cv2.imwrite(str(root / sub / c / "a.JPEG"), np.full((20, 24, 3), 128, np.uint8))
     if broken:
@@ -98,6 +98,7 @@ def w(tmp_path_factory) -> Path:
     jpeg = cv2.imencode(".jpg", img)[1].tobytes()
     (w / "inet_trunc" / "train" / "n02" / "b.JPEG").write_bytes(jpeg[:len(jpeg) * 2 // 3])
     (w / "empty.yaml").write_text("# nothing here yet\n")
+    _imagenet(w / "inet_one", broken=False, classes=("n01",))
 
     arch = w / "arch" / "tiny.yaml"
     arch.parent.mkdir()
@@ -114,13 +115,20 @@ def w(tmp_path_factory) -> Path:
              "timm_er": ("ir_r1_k3_s1_e1_c24", "er_r1_k3_s1_e1_c24"),
              "timm_cn": ("ir_r1_k3_s1_e1_c24", "cn_r1_k3_s1_c24"),
              "timm_cc": ("ir_r1_k3_s1_e1_c24", "ir_r1_k3_s1_e1_c24_cc4"),
-             "timm_skip_flag": ("ir_r1_k3_s1_e1_c24", "ir_r1_k3_s1_e1_c24_skip")}
+             "timm_skip_flag": ("ir_r1_k3_s1_e1_c24", "ir_r1_k3_s1_e1_c24_skip"),
+             # names that files are named after (round 3)
+             "name_up": ("name: tiny", "name: ../../escaped"),
+             "name_abs": ("name: tiny", f"name: {w}/abs_escaped"),
+             "name_sub": ("name: tiny", "name: sub/dir/x"),
+             "name_long": ("name: tiny", "name: " + "n" * 120)}
     for name, (old, new) in edits.items():
         assert old in TINY_ARCH
         (w / "arch" / f"{name}.yaml").write_text(TINY_ARCH.replace(old, new))
     space = (Path(ROOT) / "tests/fixtures/tiny_space.yaml").read_text()
     (w / "space_bad_op.yaml").write_text(space.replace("ops: [k3_e1, k3_e3, k5_e1, skip]",
                                                        "ops: [k3_e1, conv3x3, k5_e1, skip]"))
+    (w / "space_dup_op.yaml").write_text(space.replace("ops: [k3_e1, k3_e3, k5_e1, skip]",
+                                                       "ops: [k3_e1, k3_e3, k3_e1, skip]"))
     # YAML that would run code under yaml.load / yaml.unsafe_load
     evil = f'!!python/object/apply:os.system ["touch {w}/pwned"]'
     (w / "arch" / "python_tag.yaml").write_text(TINY_ARCH.replace("name: tiny", f"name: {evil}"))
@@ -212,6 +220,55 @@ CASES = [
                                                 "--output_dir", "{w}/sp/run"],
      ["'{w}/sp/run/search_state.ckpt' does not fit", "head.conv.weight: (32,24,1,1) vs (40,24,1,1)",
       "the space or the config changed"]),
+    # -- round 3: every check before the first write -----------------------------------
+    ("search-batch-over-split", "search.py", ["--config", SEARCH_CFG,
+                                              "--set", "search.batch_size=100000",
+                                              "--output_dir", "{w}/out"],
+     ["the weight split has 1150 samples, fewer than one batch of 100000"]),
+    ("search-imagenet-one-class", "search.py", ["--config", SEARCH_CFG, "--set",
+                                                "data.name=imagenet", "--data_path",
+                                                "{w}/inet_one", "--output_dir", "{w}/out"],
+     ["ImageNet folder '{w}/inet_one' has 1 class folder", "at least two"]),
+    ("search-duplicate-op", "search.py", ["--config", SEARCH_CFG, "--set",
+                                          "space={w}/space_dup_op.yaml", "--output_dir", "{w}/out"],
+     ["{w}/space_dup_op.yaml", "ops[2] 'k3_e1' is the same op as ops[0]", "list each op once"]),
+    ("search-seed-negative", "search.py", ["--config", SEARCH_CFG, "--set", "search.seed=-1",
+                                           "--output_dir", "{w}/out"],
+     ["'search.seed' must be a seed, an integer 0 .. 4294967295, got -1"]),
+    ("search-seed-huge", "search.py", ["--config", SEARCH_CFG, "--set",
+                                       "proposal.seed=18446744073709551616",
+                                       "--output_dir", "{w}/out"],
+     ["'proposal.seed' must be a seed", "got 18446744073709551616"]),
+    ("search-tau-tiny", "search.py", ["--config", SEARCH_CFG, "--set", "search.tau=1e-300",
+                                      "--output_dir", "{w}/out"],
+     ["search.tau must be a temperature in [0.001, 1000], got 1e-300", "overflow float32"]),
+    ("search-tau-min-inf", "search.py", ["--config", SEARCH_CFG, "--set", "search.tau_min=.inf",
+                                         "--output_dir", "{w}/out"],
+     ["search.tau_min must be a temperature", "got inf"]),
+    ("train-seed-negative", "train.py", ["--arch", "{w}/arch/tiny.yaml", "--set", "train.seed=-1",
+                                         "--output_dir", "{w}/out"],
+     ["'train.seed' must be a seed, an integer 0 .. 4294967295, got -1"]),
+    ("compare-dry-run-output-under-a-file", "analyze.py",
+     ["compare", "--config", "tests/fixtures/tiny_compare.yaml", "--dry-run",
+      "--output_dir", "{w}/a_file/cmp"],
+     ["cannot create output folder '{w}/a_file/cmp'", "'{w}/a_file' is a file"]),
+    ("ablations-dry-run-output-under-a-file", "analyze.py",
+     ["ablations", "--dry-run", "--output_dir", "{w}/a_file/abl"],
+     ["cannot create output folder '{w}/a_file/abl'", "'{w}/a_file' is a file"]),
+    # -- round 3: a name that files are named after stays a file name ----------------------
+    ("train-arch-name-up", "train.py", ["--arch", "{w}/arch/name_up.yaml",
+                                        "--output_dir", "{w}/out"],
+     ["{w}/arch/name_up.yaml: 'name' '../../escaped' cannot name files", "path separator"]),
+    ("train-arch-name-absolute", "train.py", ["--arch", "{w}/arch/name_abs.yaml",
+                                              "--output_dir", "{w}/out"],
+     ["{w}/arch/name_abs.yaml: 'name' '{w}/abs_escaped' cannot name files"]),
+    ("export-arch-name-subfolder", "export.py", ["--ckpt", "{w}/train/tiny_best.ckpt",
+                                                 "--arch", "{w}/arch/name_sub.yaml",
+                                                 "--output_dir", "{w}/out"],
+     ["{w}/arch/name_sub.yaml: 'name' 'sub/dir/x' cannot name files"]),
+    ("train-arch-name-long", "train.py", ["--arch", "{w}/arch/name_long.yaml",
+                                          "--output_dir", "{w}/out"],
+     ["{w}/arch/name_long.yaml: 'name'", "is 120 bytes long, over 100"]),
     # -- train.py: data, architecture files, numbers, outputs -----------------------------
     ("train-cifar-wrong-size", "train.py", ["--config", "config/train/cifar10.yaml",
                                             "--arch", "{w}/arch/tiny.yaml",
@@ -440,8 +497,8 @@ def test_script_bad_input_gives_one_clear_error(w, case_id, script, args, expect
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
     assert "Traceback" not in out, out
-    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1, out
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, out  # a job's own error line too (it also stays in the log)
     for text in expect:
         assert text in errors[0], f"{text!r} not in: {errors[0]}"
     if ran:

@@ -346,8 +346,9 @@ def test_the_documented_commands_pass_the_input_checks(tmp_path):
 
     imagenet, cifar = tmp_path / "imagenet", tmp_path / "cifar"
     for split in ("train", "val"):
-        (imagenet / split / "n0").mkdir(parents=True)
-        cv2.imwrite(str(imagenet / split / "n0" / "a.JPEG"), np.zeros((8, 8, 3), np.uint8))
+        for c in ("n0", "n1"):  # a classifier needs two classes
+            (imagenet / split / c).mkdir(parents=True)
+            cv2.imwrite(str(imagenet / split / c / "a.JPEG"), np.zeros((8, 8, 3), np.uint8))
     cifar.mkdir()
     for f in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
         with open(cifar / f, "wb") as fh:
