@@ -104,7 +104,8 @@ def main(args) -> int:
     from src.checkpoint import load_checkpoint, require_training_checkpoint
     from src.context import setup_context
     from src.data import dataset_info
-    from src.trainer import TrainConfig, evaluate, load_network
+    from src.evaluate import evaluate, load_network
+    from src.train.config import TrainConfig
 
     if args.batch_size is not None and args.batch_size < 1:
         raise HourNASError(f"--batch_size must be >= 1, got {args.batch_size}")

@@ -102,7 +102,7 @@ def main(args) -> int:
 
     from src.checkpoint import check_output_dir, load_checkpoint, require_training_checkpoint
     from src.context import setup_context
-    from src.trainer import load_network
+    from src.evaluate import load_network
 
     if args.batch_size < 1:
         raise HourNASError(f"--batch_size must be >= 1, got {args.batch_size}")

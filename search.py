@@ -42,6 +42,7 @@ from src.interrupt import exit_on_interrupt
 exit_on_interrupt()  # before the heavy imports: Ctrl-C while they load is one line
 
 from src.cli import common_parser, emit_json, log, overrides_from_args, run_main  # noqa: E402
+from src.rundir import ARCH_FILE, CONFIG_FILE
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(ROOT, "config", "search", "default.yaml")
@@ -66,7 +67,7 @@ def run_full_search(cfg, args) -> dict:
     if facts["group_size"] > 1:
         log(f"rank {facts['rank']} of {facts['group_size']}")
     summary = run_search(cfg, out_dir, args.resume, facts)
-    arch = os.path.join(out_dir, "arch.yaml")
+    arch = os.path.join(out_dir, ARCH_FILE)
     log(f"architecture: {arch}")
     log("ops: " + " ".join(summary["ops"]))
     log(f"retrain it: python train.py --arch {arch}")
@@ -117,8 +118,8 @@ def main(args) -> int:
     if args.stage == "proposals":
         from src.search.proposals_stage import run_proposals_stage
         summary = run_proposals_stage(cfg, out_dir)
-        save_config(cfg, os.path.join(out_dir, "config.yaml"))
-        summary["config"] = os.path.join(out_dir, "config.yaml")
+        save_config(cfg, os.path.join(out_dir, CONFIG_FILE))
+        summary["config"] = os.path.join(out_dir, CONFIG_FILE)
     elif args.stage == "describe":
         summary = describe_space(cfg)
         log(f"space {summary['space']}: {summary['architectures']:.3g} architectures, "

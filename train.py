@@ -48,7 +48,9 @@ def parser():
 def main(args) -> int:
     from src.checkpoint import check_output_dir
     from src.context import set_seed, setup_context
-    from src.trainer import TrainConfig, check_resumable, latest_checkpoint, train
+    from src.train.checkpoints import latest_checkpoint
+    from src.train.config import TrainConfig
+    from src.train.loop import train
 
     overrides = overrides_from_args(args, TrainConfig)
     if args.arch:
@@ -65,10 +67,10 @@ def main(args) -> int:
         verify_dataset(cfg.data, log)
     resume_from = None
     if args.resume:
-        resume_from, extra = latest_checkpoint(cfg.output_dir)
-        # what the command does not say comes from the run being continued
+        resume_from, extra = latest_checkpoint(cfg.output_dir)  # its metadata only
+        # what the command does not say comes from the run being continued (whether the
+        # command changes what the run computes is checked where the checkpoint is loaded)
         cfg = load_config(TrainConfig, args.config, overrides, base=extra["config"])
-        check_resumable(extra["config"], cfg)
     # the process-wide set-up is the entry point's (src/context.py), as in search.py
     facts = setup_context(cfg.device_target, "graph", distributed=cfg.distributed)
     set_seed(cfg.train.seed)

@@ -5,7 +5,7 @@
                                     [--device_target CPU] [--json]
 
 The network is the architecture re-sized to CIFAR (input 32x32, 10 classes; the layers as in
-the file), trained on a fixed random batch with the trainer's own step (src.train_step.TrainStep:
+the file), trained on a fixed random batch with the trainer's own step (src.train.step.TrainStep:
 one graph, compiled once; ``--amp_level`` O1/O2/O3 as ``train.amp_level``, GPU/Ascend only).
 When PyTorch is importable, the same network is built from the same layer plans in PyTorch
 (eager; benchmarks/torch_twin.torch_net, its parameter count checked against ours) and timed
@@ -112,8 +112,9 @@ def mindspore_worker(args) -> int:
         facts = setup_context(args.device_target, "graph", threads=args.threads)
         import mindspore as ms
 
-        from src.train_step import TrainStep
-        from src.trainer import TrainParams, create_loss, create_model, create_optimizer
+        from src.train.config import TrainParams
+        from src.train.factory import create_loss, create_model, create_optimizer
+        from src.train.step import TrainStep
 
         arch = resized(args.arch, args.image_size, args.num_classes)
         x, y = fixed_batch(arch, args)

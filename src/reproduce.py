@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from src.config import format_size, load_config, read_yaml, to_dict
 from src.errors import ConfigError, HourNASError
+from src.rundir import ARCH_FILE, SEARCH_STATE_FILE, SUMMARY_FILE, TRAIN_LOG_FILE, best_ckpt_name, searched_arch_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLE = os.path.join(ROOT, "config", "reproduce.yaml")
@@ -118,7 +119,7 @@ def _abs(path: str) -> str:
 def load_configs(exp: Experiment, data_path: str | None = None):
     """The row's search and training configs, loaded and checked (with --data_path applied)."""
     from src.search.config import SearchConfig
-    from src.trainer import TrainConfig
+    from src.train.config import TrainConfig
 
     extra = [f"data.path={json.dumps(data_path)}"] if data_path else []
     search = load_config(SearchConfig, _abs(exp.search), extra)
@@ -156,7 +157,7 @@ class Run:
     def arch_name(self) -> str:
         """The searched architecture's name: from OUT/search/arch.yaml once it exists, else what
         the search will call it (``hournas_{space}``, src/search/engine.py)."""
-        arch_file = self.path("search", "arch.yaml")
+        arch_file = self.path("search", ARCH_FILE)
         if os.path.isfile(arch_file):
             data = read_yaml(arch_file)
             if isinstance(data.get("name"), str):
@@ -165,10 +166,10 @@ class Run:
         from src.space.space import load_space
 
         cfg = load_config(SearchConfig, _abs(self.exp.search))
-        return f"hournas_{load_space(cfg.space, cfg.width_mult).name}"
+        return searched_arch_name(load_space(cfg.space, cfg.width_mult).name)
 
     def best_ckpt(self) -> str:
-        return self.path("train", f"{self.arch_name()}_best.ckpt")
+        return self.path("train", best_ckpt_name(self.arch_name()))
 
     def data_args(self) -> list[str]:
         return [self.data_path] if self.data_path else []
@@ -201,7 +202,7 @@ def eval_result(run: Run) -> dict | None:
 def train_done(run: Run) -> bool:
     from src.jsonlog import read_jsonl
 
-    records = read_jsonl(run.path("train", "train_log.jsonl"))
+    records = read_jsonl(run.path("train", TRAIN_LOG_FILE))
     return bool(records) and records[-1].get("event") == "done" and os.path.isfile(run.best_ckpt())
 
 
@@ -216,10 +217,10 @@ def train_checkpoints(run: Run) -> list[str]:
 def stage_state(run: Run, stage: str) -> tuple[str, str]:
     """(state, why): state is 'done' (skip), 'resume' or 'new'."""
     if stage == "search":
-        arch, summ = run.path("search", "arch.yaml"), run.path("search", "summary.json")
+        arch, summ = run.path("search", ARCH_FILE), run.path("search", SUMMARY_FILE)
         if os.path.isfile(arch) and os.path.isfile(summ):
             return "done", f"{arch} exists"
-        state = run.path("search", "search_state.ckpt")
+        state = run.path("search", SEARCH_STATE_FILE)
         if os.path.isfile(state):
             return "resume", f"continuing from {state}"
         return "new", ""
@@ -252,7 +253,7 @@ def stage_command(run: Run, stage: str) -> list[str]:
         return ["bash", f"scripts/run_search_{t}.sh", str(n), run.exp.search, run.path("search"),
                 *run.data_args(), *resume]
     if stage == "train":
-        arch = run.path("search", "arch.yaml")
+        arch = run.path("search", ARCH_FILE)
         if n == 1:
             return ["bash", f"scripts/run_standalone_train_{t}.sh", arch, run.exp.train,
                     run.path("train"), *run.data_args(), *resume]
@@ -321,13 +322,13 @@ def summarize(run: Run) -> dict:
     from src.resource import count
     from src.space.space import load_arch
 
-    search = _read_json(run.path("search", "summary.json"))
+    search = _read_json(run.path("search", SUMMARY_FILE))
     if search is None:
         raise HourNASError(f"no search result in {run.path('search')} (summary.json); run the "
                            f"search stage first")
-    arch_file = run.path("train", "arch.yaml")
+    arch_file = run.path("train", ARCH_FILE)
     if not os.path.isfile(arch_file):
-        arch_file = run.path("search", "arch.yaml")
+        arch_file = run.path("search", ARCH_FILE)
     counted = count(load_arch(arch_file))
     seconds = float(sum(search.get("stage_seconds", {}).values()))
     ev = eval_result(run)
@@ -341,7 +342,7 @@ def summarize(run: Run) -> dict:
                    "device_hours": seconds * run.devices / 3600.0,
                    "targets": search.get("targets"), "within_tolerance": search.get("within_tolerance"),
                    "ops": search.get("ops")},
-        "arch": run.path("search", "arch.yaml"), "params": int(counted["params"]),
+        "arch": run.path("search", ARCH_FILE), "params": int(counted["params"]),
         "flops": int(counted["flops"]),
         "top1": ev["top1"] if ev else None, "top5": ev["top5"] if ev else None,
         "eval_images": ev["images"] if ev else None, "best_ckpt": run.best_ckpt(),

@@ -117,3 +117,47 @@ def lock_output_dir(folder: str, what: str = "run") -> FolderLock:
     if key not in _HELD or _HELD[key].fd is None:
         _HELD[key] = FolderLock(folder, what).acquire()
     return _HELD[key]
+
+
+# ----------------------------------------------------------------------------- the layout
+# What a run folder holds, named once: the search, training, the reproduction runner, the
+# ablation runner, the comparison and the report read and write through these names
+# (benchmarks/device_check.sh, a shell script, spells them out and says so).
+
+CONFIG_FILE = "config.yaml"          # the resolved config of the run (search and training)
+ARCH_FILE = "arch.yaml"              # a search's derived architecture; training's trained one
+SUMMARY_FILE = "summary.json"        # a finished search's summary
+SEARCH_STATE_FILE = "search_state.ckpt"
+SEARCH_LOG_FILE = "search_log.jsonl"
+TRAIN_LOG_FILE = "train_log.jsonl"
+TRAIN_PLOT_FILE = "train_curves.png"
+
+# The one key that says what a checkpoint holds. Training checkpoints written before it was
+# introduced say so by ``format: hournas-train-1``, which is still read.
+KIND_KEY = "kind"
+SEARCH_KIND = "hournas-search"
+TRAIN_KIND = "hournas-train"
+_OLD_TRAIN_FORMAT = ("format", "hournas-train-1")
+
+
+def checkpoint_kind(extra: dict) -> str | None:
+    """SEARCH_KIND, TRAIN_KIND or None (not a checkpoint of this project's runs)."""
+    kind = extra.get(KIND_KEY)
+    if kind in (SEARCH_KIND, TRAIN_KIND):
+        return kind
+    if extra.get(_OLD_TRAIN_FORMAT[0]) == _OLD_TRAIN_FORMAT[1]:
+        return TRAIN_KIND
+    return None
+
+
+def searched_arch_name(space_name: str) -> str:
+    """The name a search gives its derived architecture (and so its checkpoints' names)."""
+    return f"hournas_{space_name}"
+
+
+def best_ckpt_name(arch_name: str) -> str:
+    return f"{arch_name}_best.ckpt"
+
+
+def periodic_ckpt_name(arch_name: str, epoch: int, epoch_step: int) -> str:
+    return f"{arch_name}-{epoch}_{epoch_step}.ckpt"

@@ -1,4 +1,4 @@
-"""The run toolkit that training (``src.trainer``) and the search (``src.search``) share.
+"""The run toolkit that training (``src.train``) and the search (``src.search``) share.
 
 - ``JsonLog``: a JSON-lines log (one record a line), started afresh or, on resume, cut back to
   the records the caller keeps (a line cut by a kill is dropped).

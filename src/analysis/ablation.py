@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from src.rundir import lock_output_dir
+from src.rundir import ARCH_FILE, CONFIG_FILE, SUMMARY_FILE, lock_output_dir
 from src.config import format_size, read_yaml
 from src.errors import HourNASError
 
@@ -113,13 +113,13 @@ class AblationRow:
 def read_row(name: str, run_dir: str) -> AblationRow:
     """What a finished search run folder says (config.yaml + summary.json)."""
     row = AblationRow(config=name, run_dir=run_dir)
-    cfg_path = os.path.join(run_dir, "config.yaml")
+    cfg_path = os.path.join(run_dir, CONFIG_FILE)
     if os.path.isfile(cfg_path):
         cfg = read_yaml(cfg_path)
         row.m = (cfg.get("proposal") or {}).get("m")
         row.vital_priori = (cfg.get("search") or {}).get("vital_priori")
         row.sampler = (cfg.get("search") or {}).get("sampler")
-    summ_path = os.path.join(run_dir, "summary.json")
+    summ_path = os.path.join(run_dir, SUMMARY_FILE)
     if not os.path.isfile(summ_path):
         row.status = "no summary.json"
         return row
@@ -238,7 +238,7 @@ def _run(cmd: list[str], log_path: str) -> tuple[int, str | None, float]:
 
 def same_data(run_dir: str) -> list[str]:
     """train.py overrides that retrain on the search's dataset at the search's resolution."""
-    path = os.path.join(run_dir, "config.yaml")
+    path = os.path.join(run_dir, CONFIG_FILE)
     data = (read_yaml(path).get("data") or {}) if os.path.isfile(path) else {}
     out = []
     for key in ("name", "image_size"):
@@ -274,7 +274,7 @@ def _print_commands(names: list[str], output_dir: str, full: bool, retrain_epoch
         run_dir = os.path.join(output_dir, name)
         log(" ".join(search_command(name, full, run_dir, search_args)))
         if retrain_epochs:
-            log(" ".join(train_command(os.path.join(run_dir, "arch.yaml"), retrain_epochs,
+            log(" ".join(train_command(os.path.join(run_dir, ARCH_FILE), retrain_epochs,
                                        os.path.join(run_dir, "retrain"), train_args)))
 
 
@@ -282,7 +282,7 @@ def _search_row(name: str, label: str, run_dir: str, full: bool, reuse: bool,
                 search_args: list[str], log: Callable[[str], None]) -> AblationRow:
     """Search one config (or reuse its finished search); its row, failed or not."""
     wall = None
-    if reuse and os.path.isfile(os.path.join(run_dir, "summary.json")):
+    if reuse and os.path.isfile(os.path.join(run_dir, SUMMARY_FILE)):
         log(f"{label} {name}: reusing the finished search in {run_dir}")
     else:
         log(f"{label} {name}: searching ({os.path.relpath(config_path(name, full), ROOT)})")
@@ -306,7 +306,7 @@ def _search_row(name: str, label: str, run_dir: str, full: bool, reuse: bool,
 def _retrain_row(row: AblationRow, run_dir: str, retrain_epochs: int, train_args: list[str],
                  log: Callable[[str], None]) -> None:
     """Retrain a searched row's architecture; its top-1 (or the failure) goes into ``row``."""
-    arch_yaml = os.path.join(run_dir, "arch.yaml")
+    arch_yaml = os.path.join(run_dir, ARCH_FILE)
     out = os.path.join(run_dir, "retrain")
     log(f"  retraining {arch_yaml} for {retrain_epochs} epoch(s)")
     code, last, _ = _run(train_command(arch_yaml, retrain_epochs, out,

@@ -32,7 +32,7 @@ from typing import Callable
 
 import numpy as np
 
-from src.rundir import lock_output_dir
+from src.rundir import ARCH_FILE, SEARCH_STATE_FILE, SUMMARY_FILE, TRAIN_LOG_FILE, lock_output_dir
 from src.config import Seed, format_size, load_config
 from src.errors import ConfigError, HourNASError
 from src.jsonlog import read_jsonl
@@ -113,7 +113,7 @@ class Compare:
     # --------------------------------------------------------------- commands
     def search_cmd(self, seed: int) -> list[str]:
         d = self.search_dir(seed)
-        resume = ["--resume"] if os.path.isfile(os.path.join(d, "search_state.ckpt")) else []
+        resume = ["--resume"] if os.path.isfile(os.path.join(d, SEARCH_STATE_FILE)) else []
         return [sys.executable, _abs("search.py"), "--config", _abs(self.cfg.search),
                 "--output_dir", d, "--set", f"search.seed={seed}", "--json",
                 *self.common(), *resume]
@@ -126,7 +126,7 @@ class Compare:
                *self.common()]
         if group == "random_vital":
             cmd += ["--set", "search.random_fix_vital="
-                    + os.path.join(self.search_dir(self.cfg.seeds[0]), "arch.yaml")]
+                    + os.path.join(self.search_dir(self.cfg.seeds[0]), ARCH_FILE)]
         return cmd
 
     def train_cmd(self, net: Net) -> list[str]:
@@ -138,14 +138,14 @@ class Compare:
     # --------------------------------------------------------------- what exists
     def search_done(self, seed: int) -> bool:
         d = self.search_dir(seed)
-        return all(os.path.isfile(os.path.join(d, n)) for n in ("arch.yaml", "summary.json"))
+        return all(os.path.isfile(os.path.join(d, n)) for n in (ARCH_FILE, SUMMARY_FILE))
 
     def random_done(self, group: str) -> bool:
         return os.path.isfile(self.path(group, "random_archs.json"))
 
     def nets(self) -> list[Net]:
         """The compared networks whose architecture exists by now, in table order."""
-        out = [Net(f"searched_s{s}", "searched", os.path.join(self.search_dir(s), "arch.yaml"),
+        out = [Net(f"searched_s{s}", "searched", os.path.join(self.search_dir(s), ARCH_FILE),
                    seed=s) for s in self.cfg.seeds if self.search_done(s)]
         for group, prefix in (("random", "random"), ("random_vital", "vital")):
             if not self.random_done(group):
@@ -159,7 +159,7 @@ class Compare:
 
 def _train_state(folder: str) -> tuple[str, dict | None]:
     """('done', last eval record) | ('resume', None) | ('new', None) of a training folder."""
-    recs = read_jsonl(os.path.join(folder, "train_log.jsonl"))
+    recs = read_jsonl(os.path.join(folder, TRAIN_LOG_FILE))
     evals = [r for r in recs if r.get("event") == "eval"]
     if recs and recs[-1].get("event") == "done" and evals:
         return "done", {**evals[-1], "wall_s": recs[-1].get("wall_s")}

@@ -412,6 +412,6 @@ def eval_data_config(arch: Arch, extra: dict, dataset: str | None = None,
 
 
 def load_trained(ckpt: str, arch_path: str | None = None):
-    """(net in eval mode, arch, extra) of a training checkpoint (see src.trainer)."""
-    from src.trainer import load_network
+    """(net in eval mode, arch, extra) of a training checkpoint (see src.evaluate)."""
+    from src.evaluate import load_network
     return load_network(ckpt, arch_path)

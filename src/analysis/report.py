@@ -26,13 +26,14 @@ import numpy as np
 from src.analysis.plotting import VITAL_COLOR, png_data_uri, pyplot
 from src.config import format_size, parse_size
 from src.errors import HourNASError
+from src.rundir import ARCH_FILE, CONFIG_FILE, SEARCH_LOG_FILE, SUMMARY_FILE
 
 FILES = {
-    "config.yaml": "the resolved search config (space and targets)",
-    "search_log.jsonl": "the per-step search log (sampled paths, losses, τ)",
+    CONFIG_FILE: "the resolved search config (space and targets)",
+    SEARCH_LOG_FILE: "the per-step search log (sampled paths, losses, τ)",
     "arch_params.npz": "the final architecture parameters θ (and Π)",
-    "arch.yaml": "the derived architecture",
-    "summary.json": "the run summary (targets, achieved cost, stage times)",
+    ARCH_FILE: "the derived architecture",
+    SUMMARY_FILE: "the run summary (targets, achieved cost, stage times)",
 }
 STAGE_TITLES = {"vital": "stage 1: vital layers", "nonvital": "stage 2: non-vital layers",
                 "single": "single stage: all layers (no vital priori)"}
@@ -80,15 +81,15 @@ def read_run(folder: str) -> Run:
         if not os.path.isfile(os.path.join(folder, name)):
             run.missing.append(name)
     path = lambda n: os.path.join(folder, n)  # noqa: E731
-    if "config.yaml" not in run.missing:
+    if CONFIG_FILE not in run.missing:
         try:
-            with open(path("config.yaml"), encoding="utf-8") as f:
+            with open(path(CONFIG_FILE), encoding="utf-8") as f:
                 run.config = yaml.safe_load(f) or {}
         except (OSError, yaml.YAMLError) as e:
             run.problems.append(f"config.yaml is unreadable: {_first_line(e)}")
-    if "search_log.jsonl" not in run.missing:
+    if SEARCH_LOG_FILE not in run.missing:
         run.log, bad = [], 0
-        with open(path("search_log.jsonl"), encoding="utf-8") as f:
+        with open(path(SEARCH_LOG_FILE), encoding="utf-8") as f:
             for line in f:
                 if not line.strip():
                     continue
@@ -104,16 +105,16 @@ def read_run(folder: str) -> Run:
                 run.params = {k: np.asarray(data[k]) for k in data.files}
         except (OSError, ValueError) as e:
             run.problems.append(f"arch_params.npz is unreadable: {_first_line(e)}")
-    if "summary.json" not in run.missing:
+    if SUMMARY_FILE not in run.missing:
         try:
-            with open(path("summary.json"), encoding="utf-8") as f:
+            with open(path(SUMMARY_FILE), encoding="utf-8") as f:
                 run.summary = json.load(f)
         except (OSError, ValueError) as e:
             run.problems.append(f"summary.json is unreadable: {_first_line(e)}")
-    if "arch.yaml" not in run.missing:
+    if ARCH_FILE not in run.missing:
         from src.space.space import load_arch
         try:
-            run.arch = load_arch(path("arch.yaml"))
+            run.arch = load_arch(path(ARCH_FILE))
         except HourNASError as e:
             run.problems.append(f"arch.yaml is unreadable: {_first_line(e)}")
     space_name = (run.config or {}).get("space") or (run.summary or {}).get("space")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from src.config import Seed, Size
 from src.data import DataConfig
 from src.errors import HourNASError
+from src.rundir import CONFIG_FILE
 
 SAMPLERS = ("gumbel_max", "gumbel_softmax", "softmax")
 # Temperatures a search accepts: below TAU_LOW, logits / tau overflow float32 (a sampled
@@ -186,6 +187,6 @@ def lower_lr_command(cfg: SearchConfig, output_dir: str, keys: tuple[str, ...]) 
     import shlex
 
     sets = " ".join(f"--set {k}={getattr(cfg.search, k.split('.', 1)[1]) / 10:g}" for k in keys)
-    config = shlex.quote(os.path.join(output_dir, "config.yaml"))
+    config = shlex.quote(os.path.join(output_dir, CONFIG_FILE))
     return (f"continue from it with a lower learning rate: python search.py --config {config} "
             f"--output_dir {shlex.quote(output_dir)} --resume {sets}")

@@ -34,16 +34,16 @@ from src.data import dataset_info, search_split
 from src.errors import HourNASError
 from src.proposal import check_feasible, solve_proposals
 from src.resource import OBJECTIVES, ResourceTable, resource_table
-from src.rundir import lock_output_dir
+from src.rundir import CONFIG_FILE, SEARCH_LOG_FILE, SEARCH_STATE_FILE, lock_output_dir
 from src.sampler import GumbelNoise, TauSchedule
 from src.search.config import SearchConfig
 from src.search.derive import ranked_choices
 from src.runlog import JsonLog, StopSignals, up_to_step
-from src.search.hooks import (LOG_FILE, StepLogger, every_n_steps_checkpoint,
+from src.search.hooks import (StepLogger, every_n_steps_checkpoint,
                               keep_signal_handlers, stop_on_signal)
 from src.search.loop import Stage, bilevel_loop
 from src.search.outputs import derive_architecture, write_outputs
-from src.search.state import (STATE_FILE, SearchState, load_state, restore_state,
+from src.search.state import (SearchState, load_state, restore_state,
                               save_state, saved_proposals)
 from src.space.space import Space, load_space
 
@@ -333,7 +333,7 @@ class SearchRun:
         self.tau = TauSchedule(self.p.tau, self.p.tau_decay, self.p.tau_min)
         self.w_idx, self.a_idx = search_split(self.cfg.data, self.p.val_fraction, self.p.seed)
         self.executor_name = executor_name(self.cfg, facts.get("device_target", "CPU"))
-        self.log = JsonLog(self.path(LOG_FILE), enabled=self.is_main)  # search_log.jsonl
+        self.log = JsonLog(self.path(SEARCH_LOG_FILE), enabled=self.is_main)  # search_log.jsonl
         self.signals = StopSignals()
 
     def path(self, name: str) -> str:
@@ -369,9 +369,9 @@ class SearchRun:
         saved = load_state(self) if resume else None
         if resume and saved is None:
             raise HourNASError(f"--resume: no search checkpoint in '{self.out}' "
-                               f"({STATE_FILE} is missing)")
-        if not resume and os.path.exists(self.path(STATE_FILE)):
-            raise HourNASError(f"'{self.out}' already holds a search ({STATE_FILE}); pass "
+                               f"({SEARCH_STATE_FILE} is missing)")
+        if not resume and os.path.exists(self.path(SEARCH_STATE_FILE)):
+            raise HourNASError(f"'{self.out}' already holds a search ({SEARCH_STATE_FILE}); pass "
                                f"--resume to continue it or choose another --output_dir")
         self.check_batches()
         if self.is_main:  # every check is done: the first write is the folder's lock
@@ -380,7 +380,7 @@ class SearchRun:
         if self.is_main:
             remove_stale_temps(self.out)  # left by a run killed while writing
         if saved is not None:
-            self.state = SearchState.from_checkpoint(saved[1]["state"], self.path(STATE_FILE))
+            self.state = SearchState.from_checkpoint(saved[1]["state"], self.path(SEARCH_STATE_FILE))
             self.saved_step = self.state.global_step
             self.noise.set_state(saved[1]["noise"])
             self.log.reset(keep=up_to_step(self.state.global_step))
@@ -389,7 +389,7 @@ class SearchRun:
         else:
             self.log.reset()
             if self.is_main:
-                save_config(self.cfg, self.path("config.yaml"))
+                save_config(self.cfg, self.path(CONFIG_FILE))
         if self.group_size > 1:
             from src.search.distributed import GradMean
             self.grad_mean = GradMean(self.group_size)

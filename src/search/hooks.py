@@ -16,15 +16,15 @@ from typing import Callable
 
 import numpy as np
 
+from src.rundir import SEARCH_STATE_FILE
 from src.runlog import log
 from src.context import agree_stop
 from src.errors import HourNASError, Stopped
 from src.jsonlog import read_jsonl
 from src.runlog import hms, signal_name
 from src.search.config import lower_lr_command
-from src.search.state import STATE_FILE, save_state
+from src.search.state import save_state
 
-LOG_FILE = "search_log.jsonl"
 STAGE_ACCURACY_STEPS = 20  # a stage's "learned" figure: mean accuracy of its last steps
 STAGE_LABELS = {"vital": "stage 1/2 (vital layers)", "nonvital": "stage 2/2 (non-vital layers)",
                 "single": "single stage (all layers)"}
@@ -43,7 +43,7 @@ def check_finite_losses(run, stage, w_loss: float, a_loss: float) -> None:
     raise HourNASError(
         f"non-finite loss at {stage.name} epoch {st.epoch + 1} step {st.step + 1} (global step "
         f"{st.global_step + 1}; weight loss {w_loss}, architecture loss {a_loss}); the last "
-        f"good state is in {run.path(STATE_FILE)} (global step {run.saved_step}); "
+        f"good state is in {run.path(SEARCH_STATE_FILE)} (global step {run.saved_step}); "
         + lower_lr_command(run.cfg, run.out, (diverged_rate(stage, w_loss),)))
 
 
@@ -192,5 +192,5 @@ def stop_on_signal(run, stage) -> Callable:
         save_state(run, stage)
         raise Stopped(signum, f"stopped by {signal_name(signum)} at {run.state.stage} "
                               f"global step {run.state.global_step}: state saved in "
-                              f"{run.path(STATE_FILE)}; continue with --resume")
+                              f"{run.path(SEARCH_STATE_FILE)}; continue with --resume")
     return hook

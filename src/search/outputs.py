@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from src.checkpoint import atomic_write, atomic_write_text
+from src.rundir import ARCH_FILE, SUMMARY_FILE, searched_arch_name
 from src.runlog import log
 from src.config import format_size
 from src.resource import count
@@ -48,12 +49,12 @@ def derive_architecture(run, stage, fixed: dict[int, int]) -> Derivation:
 def write_outputs(run, stage, result: Derivation) -> dict:
     """arch.yaml, summary.json, arch_params.npz, the plots; the summary."""
     space, d, arch = run.space, result.derived, stage.arch
-    arch_rec = space.arch(result.choices, name=f"hournas_{space.name}", meta=_meta(run, result))
+    arch_rec = space.arch(result.choices, name=searched_arch_name(space.name), meta=_meta(run, result))
     summary = _summary(run, result, arch_rec)
     if run.is_main:
-        atomic_write_text(run.path("arch.yaml"),
+        atomic_write_text(run.path(ARCH_FILE),
                           f"# Searched by HourNAS in {space.name}\n" + arch_to_yaml(arch_rec))
-        atomic_write_text(run.path("summary.json"), json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(run.path(SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
         atomic_write(run.path("arch_params.npz"),
                      lambda tmp: np.savez(tmp, **{k: v for k, v in arch.values().items()}))
         try:
@@ -89,7 +90,7 @@ def _summary(run, result: Derivation, arch_rec) -> dict:
     """summary.json (and what ``search.py --json`` prints)."""
     d, state, counted = result.derived, run.state, count(arch_rec)
     return {
-        "arch": run.path("arch.yaml"), "space": run.space.name, "targets": run.targets,
+        "arch": run.path(ARCH_FILE), "space": run.space.name, "targets": run.targets,
         "achieved": result.achieved, "relative_error": result.relative_error,
         "within_tolerance": d.within, "tolerance": run.p.tolerance, "derivation": d.method,
         "proposal": result.proposal, "stage_seconds": state.stage_seconds,

@@ -6,6 +6,7 @@ import os
 import numpy as np
 
 from src.jsonlog import read_jsonl
+from src.rundir import SEARCH_LOG_FILE
 from src.sampler import stable_softmax
 from src.space.space import Space
 
@@ -21,7 +22,7 @@ def plot_search(folder: str, space: Space, targets: dict[str, float]) -> list[st
         with np.load(params_path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
         written.append(plot_theta(plt, arrays, space, os.path.join(folder, "search_theta.png")))
-    log = read_jsonl(os.path.join(folder, "search_log.jsonl"))
+    log = read_jsonl(os.path.join(folder, SEARCH_LOG_FILE))
     steps = [r for r in log if "global_step" in r and "w_loss" in r]
     if steps:
         written.append(plot_progress(plt, steps, targets,

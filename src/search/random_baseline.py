@@ -26,7 +26,7 @@ import json
 import os
 import time
 
-from src.rundir import lock_output_dir
+from src.rundir import ARCH_FILE, CONFIG_FILE, SEARCH_STATE_FILE, SUMMARY_FILE, lock_output_dir
 from src.checkpoint import atomic_write_text
 from src.config import dump_config, format_size, save_config
 from src.errors import HourNASError, ResourceTargetError
@@ -39,8 +39,8 @@ from src.search.random_archs import RandomArchs, sample_feasible
 from src.space.space import Space, arch_to_yaml, load_arch
 
 REPORT = "random_archs.json"
-CONFIG = "config.yaml"
-SEARCH_FILES = ("search_state.ckpt", "arch.yaml", "summary.json")  # a search's run folder
+CONFIG = CONFIG_FILE
+SEARCH_FILES = (SEARCH_STATE_FILE, ARCH_FILE, SUMMARY_FILE)  # a search's run folder
 
 
 def run_random_baseline(cfg: SearchConfig, output_dir: str) -> dict:

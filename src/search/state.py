@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from src.checkpoint import check_fit, load_checkpoint, save_checkpoint
+from src.rundir import SEARCH_KIND, SEARCH_STATE_FILE
 from src.runlog import log
 from src.config import to_dict
 from src.errors import CheckpointError, HourNASError
 from src.runlog import check_resume_config, config_changes, describe_changes, nonfinite
 from src.search.config import RESUME_LR_KEYS, lower_lr_command
 
-STATE_FILE = "search_state.ckpt"
 # Config keys a resumed search may change: they do not change what it computes.
 # The learning rates may change too (the log says so): a diverged run continues with lower ones.
 # The random baseline's keys never apply to a search (and checkpoints older than them lack them).
@@ -94,7 +94,7 @@ def save_state(run, stage) -> None:
     values = arch.values()
     check_finite_state(run, params, values)
     extra = {
-        "kind": "hournas-search",
+        "kind": SEARCH_KIND,
         "space": run.space.name,
         "config": to_dict(run.cfg),
         "state": run.state.__dict__,
@@ -104,7 +104,7 @@ def save_state(run, stage) -> None:
         "keep": net.keep,
         "searched": net.searched,
     }
-    save_checkpoint(run.path(STATE_FILE), params, extra)
+    save_checkpoint(run.path(SEARCH_STATE_FILE), params, extra)
     run.saved_step = run.state.global_step
 
 
@@ -115,18 +115,18 @@ def check_finite_state(run, params: dict, values: dict) -> None:
         raise HourNASError(
             f"non-finite values in {len(bad)} tensors (e.g. '{bad[0]}') at {run.state.stage} "
             f"global step {run.state.global_step}; not saved: the last good state stays in "
-            f"{run.path(STATE_FILE)}; " + lower_lr_command(
+            f"{run.path(SEARCH_STATE_FILE)}; " + lower_lr_command(
                 run.cfg, run.out, ("search.arch_lr",) if all(
                     n in values for n in bad) else ("search.w_lr",)))
 
 
 def load_state(run) -> tuple[dict, dict] | None:
     """The checkpoint in ``run``'s folder (params, extra), checked; None if there is none."""
-    path = run.path(STATE_FILE)
+    path = run.path(SEARCH_STATE_FILE)
     if not os.path.exists(path):
         return None
     params, extra = load_checkpoint(path)
-    if extra.get("kind") != "hournas-search":
+    if extra.get("kind") != SEARCH_KIND:
         raise HourNASError(f"'{path}' is not a search checkpoint")
     if extra.get("space") != run.space.name:
         raise HourNASError(f"checkpoint '{path}' is from space '{extra.get('space')}', this "
@@ -154,7 +154,7 @@ def restore_state(run, stage, saved: tuple[dict, dict]) -> None:
     """Load a saved state into ``stage`` after checking every name and shape against it."""
     import mindspore as ms
     params, extra = saved
-    where = f"search checkpoint '{run.path(STATE_FILE)}'"
+    where = f"search checkpoint '{run.path(SEARCH_STATE_FILE)}'"
     own = {p.name: p for p in stage.net.get_parameters()}
     own.update({m.name: m for m in stage.sgd.moments.values()})
     values = stage.arch.values()
@@ -189,7 +189,7 @@ def saved_proposals(run, saved: tuple[dict, dict], layers: list[int]) -> np.ndar
     want = (len(layers), max(len(run.space.layers[i].ops) for i in layers))
     if theta.ndim != 3 or theta.shape[1:] != want:
         raise CheckpointError(
-            f"search checkpoint '{run.path(STATE_FILE)}' holds proposals θ of shape "
+            f"search checkpoint '{run.path(SEARCH_STATE_FILE)}' holds proposals θ of shape "
             f"{theta.shape}, this search needs (m, {want[0]}, {want[1]}); the space or "
             f"the config changed since it was written: resume with the same ones, or "
             f"start a new search in another --output_dir")

@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from src.errors import HourNASError
+from src.rundir import CONFIG_FILE, SEARCH_KIND, SEARCH_STATE_FILE
 
 EVAL_BATCH = 250
 
@@ -37,10 +38,9 @@ def load_final_supernet(run_dir: str, data_path: str | None = None):
     from src.config import load_config
     from src.search.config import SearchConfig
     from src.search.engine import prepare_space
-    from src.search.state import STATE_FILE
     from src.supernet import Supernet
 
-    cfg_path, state_path = (os.path.join(run_dir, n) for n in ("config.yaml", STATE_FILE))
+    cfg_path, state_path = (os.path.join(run_dir, n) for n in (CONFIG_FILE, SEARCH_STATE_FILE))
     for path in (cfg_path, state_path):
         if not os.path.isfile(path):
             raise HourNASError(f"'{run_dir}' is not a search folder: '{path}' is missing")
@@ -49,7 +49,7 @@ def load_final_supernet(run_dir: str, data_path: str | None = None):
     space, cfg = prepare_space(cfg)
     params, extra = load_checkpoint(state_path)
     state = extra.get("state") or {}
-    if extra.get("kind") != "hournas-search" or state.get("stage") != "done":
+    if extra.get("kind") != SEARCH_KIND or state.get("stage") != "done":
         raise HourNASError(f"the search in '{run_dir}' has not finished (stage "
                            f"'{state.get('stage')}'); finish it first (search.py --resume)")
     fixed = {int(k): int(v) for k, v in (state.get("vital_choices") or {}).items()}

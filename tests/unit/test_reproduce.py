@@ -17,7 +17,7 @@ from src.reproduce import (MD_HEADER, ROOT, STAGES, Run, check_run, get_experime
 from src.resource import count
 from src.search.config import SearchConfig
 from src.space.space import load_arch
-from src.trainer import TrainConfig
+from src.train.config import TrainConfig
 
 TABLE = load_table()
 # the paper's table rows, verbatim from its text (the whole text is not part of the project)

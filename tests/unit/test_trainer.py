@@ -1,4 +1,4 @@
-"""src/trainer.py pieces: recipes, schema checks, lr schedule, arch resizing, resume checks, the
+"""src/train/ pieces: recipes, schema checks, lr schedule, arch resizing, resume checks, the
 compiled step's loss scaling and EMA."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from src.config import load_config, to_dict
 from src.data import DatasetInfo
 from src.errors import ConfigError
 from src.space.space import load_arch
-from src.trainer import (TrainConfig, TrainParams, check_resumable, create_model, lr_at,
-                         resolve_arch)
+from src.train.config import TrainConfig, TrainParams, check_resumable
+from src.train.factory import create_model, lr_at, resolve_arch
 
 RECIPES = {"digits": "digits", "cifar10": "cifar10", "imagenet": "imagenet",
            "imagenet_efficientnet": "imagenet", "fashion_mnist": "fashion_mnist",
@@ -109,7 +109,7 @@ def test_resolve_arch_takes_the_datasets_channels_and_logs_it():
 
 
 def test_an_arch_given_at_eval_takes_the_trained_channels():
-    from src.trainer import _like
+    from src.evaluate import _like
     arch = load_arch("tests/fixtures/tiny_arch.yaml")
     trained = resolve_arch(arch, DatasetInfo("fashion_mnist", 10, 28, 1, 1, channels=1),
                            TrainParams()).to_dict()
@@ -135,11 +135,16 @@ def test_check_resumable():
 def test_resume_refuses_an_unreadable_checkpoint_instead_of_an_older_one(tmp_path):
     from src.checkpoint import save_checkpoint
     from src.errors import CheckpointError
-    from src.trainer import CKPT_FORMAT, latest_checkpoint
+    from src.train.checkpoints import list_checkpoints
+    from src.rundir import KIND_KEY, TRAIN_KIND
+    from src.train.checkpoints import latest_checkpoint
 
-    for step in (2, 4):
+    for step in (2, 4):  # step 2 tagged as before the kind key: still a training checkpoint
+        tag = {"format": "hournas-train-1"} if step == 2 else {KIND_KEY: TRAIN_KIND}
         save_checkpoint(str(tmp_path / f"net-1_{step}.ckpt"), {"w": np.ones(3, np.float32)},
-                        {"format": CKPT_FORMAT, "global_step": step})
+                        {**tag, "global_step": step})
+    assert [p for p, _ in list_checkpoints(str(tmp_path))] == [
+        str(tmp_path / "net-1_2.ckpt"), str(tmp_path / "net-1_4.ckpt")]
     assert latest_checkpoint(str(tmp_path))[0] == str(tmp_path / "net-1_4.ckpt")
     data = (tmp_path / "net-1_4.ckpt").read_bytes()
     (tmp_path / "net-1_6.ckpt").write_bytes(data[:len(data) // 2])  # the newest, cut short
@@ -152,7 +157,7 @@ def test_resume_refuses_an_unreadable_checkpoint_instead_of_an_older_one(tmp_pat
 
 
 def test_divergence_command_lowers_the_lr_tenfold():
-    from src.trainer import resume_command
+    from src.train.config import resume_command
 
     cfg = load_config(TrainConfig, None, ["train.lr=0.5", "output_dir=runs/my run"])
     assert resume_command(cfg, "runs/my run/x-1_2.ckpt").endswith(
@@ -165,8 +170,8 @@ def test_step_skips_non_finite_updates_halves_the_scale_and_keeps_an_ema():
 
     from src.context import setup_context
     from src.space.space import arch_from_dict
-    from src.train_step import TrainStep
-    from src.trainer import create_loss, create_optimizer
+    from src.train.factory import create_loss, create_optimizer
+    from src.train.step import TrainStep
 
     setup_context("CPU", "graph")
     arch = arch_from_dict(dict(name="t", input_size=8, num_classes=3, stem={"c": 4, "k": 3, "s": 1},
@@ -216,7 +221,7 @@ def test_sync_batchnorm_swap_keeps_parameter_names_and_values():
     import mindspore.nn as nn
 
     from src.space.space import arch_from_dict
-    from src.trainer import use_sync_batchnorm
+    from src.train.factory import use_sync_batchnorm
 
     arch = arch_from_dict(dict(name="t", input_size=8, num_classes=3, stem={"c": 4, "k": 3, "s": 1},
                                blocks=["ir_r1_k3_s2_e2_c8"], head=16))

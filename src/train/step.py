@@ -2,7 +2,7 @@
 mean (data parallel), overflow check, SGD update, EMA update.
 
 Its own module (as in mindcv's ``train_step.py``) because it imports MindSpore at module
-level; ``src.trainer`` imports it when a run starts, so its config side stays cheap to import.
+level; ``src.train.prepare`` imports it when a run starts, so the config side stays cheap.
 """
 from __future__ import annotations
 
