@@ -127,6 +127,8 @@ if (( TINY )); then
   FASHION_TRAIN+=(--epochs 1 --set train.steps_per_epoch=2 --set train.warmup_epochs=0
                   --set train.batch_size=16)
 fi
+# The run-folder names below (arch.yaml, {arch}_best.ckpt) are src/rundir.py's, spelled out here
+# because this is a shell script; change them there and here together.
 ARCH="$OUT/search/arch.yaml"
 TRAIN=("$PY" train.py --arch "$ARCH" --config "$TRAIN_CONFIG" "${T[@]}" --epochs 1
        --output_dir "$OUT/train" --set train.amp_level=O2 --json)
