@@ -1,8 +1,11 @@
-"""Running the real CLI in a subprocess."""
+"""Running the real CLI in a subprocess, and waiting on one to signal it at a chosen point."""
 import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
+from typing import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The bound on a subprocess or a wait in the tests: it stops a hang, it does not time a run (a
@@ -29,3 +32,30 @@ def run_cli(script: str, *args: str, timeout: int = HANG, check: bool = True):
 
 def last_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
+
+
+def wait_until(proc: subprocess.Popen, ready: Callable[[], bool], poll: float = 0.05) -> bool:
+    """Poll ``ready()`` while ``proc`` runs (bounded by HANG against hangs, not as a timing);
+    True once it holds, False if the process ended (or the bound passed) first."""
+    deadline = time.time() + HANG
+    while time.time() < deadline:
+        if ready():
+            return True
+        if proc.poll() is not None:
+            return bool(ready())
+        time.sleep(poll)
+    return False
+
+
+def records(path) -> list[dict]:
+    """The records of a JSON-lines log so far (a line being written is skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out

@@ -15,13 +15,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import fixture_text
-from tests.e2e.helpers import HANG, ROOT, cli_env, run_cli
+from tests.e2e.helpers import HANG, ROOT, cli_env, records, run_cli, wait_until
 
 SEARCH_CFG = "tests/fixtures/tiny_search.yaml"
 TINY_ARCH = fixture_text("tiny_arch.yaml")
@@ -65,13 +64,9 @@ def _stopped_search(w: Path) -> Path:
         proc = subprocess.Popen([sys.executable, "search.py", "--config",
                                  str(w / "sp" / "search.yaml"), "--output_dir", str(out)],
                                 cwd=ROOT, env=cli_env(), stdout=log, stderr=log)
-        deadline = time.time() + HANG
         try:
-            while proc.poll() is None and time.time() < deadline:
-                if (out / "search_log.jsonl").is_file() and (out / "search_log.jsonl").read_text():
-                    proc.send_signal(signal.SIGTERM)
-                    break
-                time.sleep(0.05)
+            if wait_until(proc, lambda: bool(records(out / "search_log.jsonl"))):
+                proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=HANG)
         finally:
             if proc.poll() is None:

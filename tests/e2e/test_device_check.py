@@ -10,12 +10,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import HANG, ROOT, cli_env
+from tests.e2e.helpers import HANG, ROOT, cli_env, wait_until
 
 SCRIPT = "benchmarks/device_check.sh"
 
@@ -312,13 +311,9 @@ def test_sigterm_stops_the_step_and_writes_the_summary(fake, tmp_path):
     proc = subprocess.Popen(["bash", SCRIPT, str(fake.out)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + HANG
-        while time.time() < deadline:  # until the fake train.py is running
-            if calls.exists() and any(c[0] == "train" for c in fake.calls()):
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("train.py never started")
+        started = wait_until(proc, lambda: calls.exists() and any(c[0] == "train"
+                                                                  for c in fake.calls()))
+        assert started, "train.py never started"  # (the fake train.py is running)
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=HANG)
     finally:

@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from src.checkpoint import load_checkpoint
 from src.data import sample_order
 from src.space.space import load_arch
 from tests.conftest import fixture_text
-from tests.e2e.helpers import HANG, ROOT, cli_env
+from tests.e2e.helpers import HANG, ROOT, cli_env, records, wait_until
 
 CONFIG = "tests/fixtures/tiny_search.yaml"
 TINY_ARCH = fixture_text("tiny_arch_mixed.yaml")
@@ -248,15 +247,11 @@ def test_sigterm_stops_both_ranks_and_resume_ends_as_uninterrupted(search2, tmp_
                             stderr=subprocess.DEVNULL, start_new_session=True)
     log1 = out / "search_paths_rank1.jsonl"
     try:
-        deadline = time.time() + HANG
-        while time.time() < deadline and proc.poll() is None:
-            if log1.is_file() and '"stage": "nonvital"' in log1.read_text():
-                pids = _workers(out)
-                assert len(pids) == 2
-                for pid in pids:
-                    os.kill(pid, signal.SIGTERM)
-                break
-            time.sleep(0.05)
+        if wait_until(proc, lambda: any(r.get("stage") == "nonvital" for r in records(log1))):
+            pids = _workers(out)
+            assert len(pids) == 2
+            for pid in pids:
+                os.kill(pid, signal.SIGTERM)
         rc = proc.wait(timeout=HANG)
     finally:
         if proc.poll() is None:

@@ -7,7 +7,6 @@ assertion message).
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -25,7 +24,7 @@ import pytest
 
 from src.checkpoint import load_checkpoint, remove_stale_temps
 from tests.conftest import fixture_text
-from tests.e2e.helpers import HANG, ROOT, cli_env, last_json, run_cli
+from tests.e2e.helpers import HANG, ROOT, cli_env, last_json, records, run_cli, wait_until
 
 CONFIG = "tests/fixtures/tiny_search.yaml"
 STEPS = 8  # global steps of the tiny search: 4 in each stage
@@ -42,19 +41,6 @@ def _state_arrays(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     return {n: p.asnumpy() for n, p in params.items()}, extra
 
 
-def _log(folder: Path) -> list[dict]:
-    path = folder / "search_log.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass  # a line being written
-    return out
-
-
 def _signal_search_at(out: Path, sig: int, global_step: int) -> subprocess.CompletedProcess:
     """Run the tiny search; send ``sig`` once its log reaches ``global_step``."""
     out.mkdir(parents=True)
@@ -62,13 +48,11 @@ def _signal_search_at(out: Path, sig: int, global_step: int) -> subprocess.Compl
         proc = subprocess.Popen([sys.executable, "search.py", "--config", CONFIG,
                                  "--output_dir", str(out)], cwd=ROOT, env=cli_env(),
                                 stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.time() + HANG
         try:
-            while proc.poll() is None and time.time() < deadline:
-                if any(r.get("global_step", 0) >= global_step for r in _log(out)):
-                    proc.send_signal(sig)
-                    break
-                time.sleep(0.02)
+            if wait_until(proc, lambda: any(r.get("global_step", 0) >= global_step
+                                            for r in records(out / "search_log.jsonl")),
+                          poll=0.02):
+                proc.send_signal(sig)
             proc.wait(timeout=HANG)
         finally:
             if proc.poll() is None:
@@ -100,7 +84,8 @@ def _assert_same_search(out: Path, ref: Path, summary: dict, ref_summary: dict, 
     for name in want:
         assert np.array_equal(got[name], want[name]), (name, why)
     assert extra["adam"]["t"] == ref_extra["adam"]["t"] and extra["noise"] == ref_extra["noise"]
-    assert [r["global_step"] for r in _log(out)] == list(range(1, STEPS + 1)), why
+    steps = [r["global_step"] for r in records(out / "search_log.jsonl")]
+    assert steps == list(range(1, STEPS + 1)), why
     assert _temps(out) == [], why
 
 
@@ -119,7 +104,7 @@ def test_signal_saves_state_exits_and_resume_is_exact(reference, tmp_path, sig):
     _, extra = _state_arrays(out / "search_state.ckpt")  # loadable, and where the log says
     saved = extra["state"]["global_step"]
     assert step <= saved <= STEPS and f"global step {saved}" in last, (saved, why)
-    assert max(r["global_step"] for r in _log(out)) == saved, why
+    assert max(r["global_step"] for r in records(out / "search_log.jsonl")) == saved, why
     assert _temps(out) == [] and not (out / "arch.yaml").exists(), why
 
     resumed = last_json(run_cli("search.py", "--config", CONFIG, "--output_dir", str(out),

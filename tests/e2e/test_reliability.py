@@ -7,7 +7,6 @@ write, seeds and τ out of range, duplicate ops) are cases of ``test_bad_inputs.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -19,29 +18,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import fixture_text
-from tests.e2e.helpers import HANG, ROOT, cli_env, run_cli
+from tests.e2e.helpers import HANG, ROOT, cli_env, records, run_cli, wait_until
 
 SEARCH_CFG = "tests/fixtures/tiny_search.yaml"
 TRAIN_CFG = "tests/fixtures/tiny_train.yaml"
-
-
-def _records(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass  # a line being written
-    return out
-
-
-def _started(proc: subprocess.Popen, ready) -> None:
-    """Wait until ``ready()`` holds (or the process ended, or the bound against hangs)."""
-    deadline = time.time() + HANG
-    while proc.poll() is None and time.time() < deadline and not ready():
-        time.sleep(0.05)
 
 
 def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
@@ -76,8 +56,8 @@ def test_a_stop_through_the_script_saves_and_resumes_where_it_stopped(tmp_path, 
         args = ["scripts/run_standalone_train_cpu.sh", str(arch), TRAIN_CFG, str(out)]
         log = out / "train_log.jsonl"
     proc = _script(*args)
-    _started(proc, lambda: any(r.get("global_step", 0) >= 1 and r.get("event") != "start"
-                               for r in _records(log)))
+    wait_until(proc, lambda: any(r.get("global_step", 0) >= 1 and r.get("event") != "start"
+                               for r in records(log)))
     os.killpg(proc.pid, sig)
     rc, stdout, stderr = _finish(proc)
     # a SIGINT that lands inside a MindSpore graph step arrives as SIGTERM (MindSpore's own
@@ -96,7 +76,7 @@ def test_a_stop_through_the_script_saves_and_resumes_where_it_stopped(tmp_path, 
     assert rc == 0, stdout + stderr
     assert "resum" in stdout, stdout  # "resuming ... (global step N)" / "resumed from ..."
     if job == "search":
-        steps = [r["global_step"] for r in _records(log) if "w_loss" in r]
+        steps = [r["global_step"] for r in records(log) if "w_loss" in r]
         assert steps and len(steps) == len(set(steps)), steps  # each step once
     else:
         assert (out / "tiny_best.ckpt").is_file()
@@ -110,7 +90,7 @@ def test_the_reproduction_runner_passes_a_sigterm_on_and_waits(tmp_path):
                             cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     log = out / "search" / "search_log.jsonl"
-    _started(proc, lambda: any(r.get("global_step", 0) >= 1 for r in _records(log)))
+    wait_until(proc, lambda: any(r.get("global_step", 0) >= 1 for r in records(log)))
     proc.send_signal(signal.SIGTERM)  # the runner alone, not its group
     rc, stdout, stderr = _finish(proc)
     assert rc == 143, stdout + stderr
@@ -143,7 +123,7 @@ def test_two_searches_into_one_folder_one_runs_the_other_is_refused(tmp_path):
     assert ("is in use by process" in errors[0] or "already holds a search" in errors[0]), errors
     from src.config import read_yaml
     assert read_yaml(str(out / "config.yaml"))["search"]["seed"] == winner
-    steps = [r["global_step"] for r in _records(out / "search_log.jsonl") if "w_loss" in r]
+    steps = [r["global_step"] for r in records(out / "search_log.jsonl") if "w_loss" in r]
     assert steps and len(steps) == len(set(steps)), steps
     assert not (out / ".hournas.lock").exists()  # released at the winner's exit
 
@@ -221,7 +201,7 @@ def test_ctrl_c_during_export_is_one_line_and_removes_the_staging_folder(tiny_ck
                              "--file_format", "both", "--output_dir", str(tmp_path / "x")],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    _started(proc, lambda: any(p.name.startswith("hournas_export_") for p in temp.iterdir()))
+    wait_until(proc, lambda: any(p.name.startswith("hournas_export_") for p in temp.iterdir()))
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=HANG)
     # 130; 143 when the Ctrl+C lands inside a MindSpore call, whose guard raises SIGTERM

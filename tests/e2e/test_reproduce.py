@@ -7,14 +7,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from src.resource import count
 from src.space.space import load_arch
-from tests.e2e.helpers import HANG, ROOT, cli_env
+from tests.e2e.helpers import HANG, ROOT, cli_env, wait_until
 
 NOTE = "[scripts/run_reproduce_cpu.sh]"
 
@@ -61,9 +60,7 @@ def tiny_run(tmp_path_factory):
     first = subprocess.Popen(["bash", "scripts/run_reproduce_cpu.sh", "1", "tiny_digits", str(out)],
                              cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-    state, deadline = out / "search" / "search_state.ckpt", time.time() + HANG
-    while not state.exists() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(first, (out / "search" / "search_state.ckpt").exists)
     os.kill(pid_of("search.py", out / "search"), signal.SIGTERM)
     _, err = first.communicate(timeout=HANG)
     return out, (first.returncode, err), reproduce("cpu", 1, "tiny_digits", out)
@@ -72,7 +69,7 @@ def tiny_run(tmp_path_factory):
 def test_cpu_variant_stops_with_the_stages_code_and_resumes(tiny_run):
     out, (code, err), proc = tiny_run
     assert code == 143  # the search's own exit code after SIGTERM (state saved)
-    assert "the search stage failed with exit code 143; run the same command again" in err
+    assert "stopped in the search stage (exit code 143); run the same command again" in err
     assert ran(subprocess.CompletedProcess([], code, "", err)) == ["search"]  # nothing after it
     assert f"search: continuing from {out}/search/search_state.ckpt" in proc.stderr
     assert f"search_cpu.sh 1 tests/fixtures/tiny_search.yaml {out}/search -- --resume" in proc.stderr

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from src.checkpoint import load_checkpoint
 from src.resource import count
 from src.space.space import load_arch
 from tests.conftest import fixture_text
-from tests.e2e.helpers import HANG
+from tests.e2e.helpers import HANG, records, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = fixture_text("tiny_arch_mixed.yaml")
@@ -104,13 +103,10 @@ def test_resume_after_sigkill_continues_exactly(tiny, reference_run, tmp_path):
                              "--output_dir", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     log = out / "train_log.jsonl"
-    deadline = time.time() + HANG
     try:
-        while time.time() < deadline and proc.poll() is None:
-            if log.is_file() and '"event": "checkpoint"' in log.read_text():
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.01)
+        if wait_until(proc, lambda: any(r.get("event") == "checkpoint" for r in records(log)),
+                      poll=0.01):
+            proc.send_signal(signal.SIGKILL)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -149,12 +145,8 @@ def test_sigterm_saves_and_exits(tiny, tmp_path):
                              "--set", "train.ckpt_every=0", "--output_dir", str(out)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = out / "train_log.jsonl"
-    deadline = time.time() + HANG
-    while time.time() < deadline and proc.poll() is None:
-        if log.is_file() and '"event": "step"' in log.read_text():
-            proc.send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.01)
+    if wait_until(proc, lambda: any(r.get("event") == "step" for r in records(log)), poll=0.01):
+        proc.send_signal(signal.SIGTERM)
     text, _ = proc.communicate(timeout=HANG)
     assert proc.returncode == 128 + signal.SIGTERM, text
     assert "stopped by SIGTERM" in text and "--resume" in text
