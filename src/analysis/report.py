@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from src.analysis.plotting import VITAL_COLOR, png_data_uri, pyplot
+from src.analysis.plotting import VITAL_COLOR, png_data_uri, pyplot, save_png
 from src.config import format_size, parse_size
 from src.errors import HourNASError
 from src.rundir import ARCH_FILE, CONFIG_FILE, SEARCH_LOG_FILE, SUMMARY_FILE
@@ -475,6 +475,20 @@ def losses_figure(run: Run):
     return fig
 
 
+def draw_search_pictures(folder: str) -> list[str]:
+    """The pictures a search leaves in its folder (``search_theta.png``: the final op
+    probabilities; ``search_progress.png``: losses, accuracies, τ and entropy), drawn by the
+    report's own figures from what the folder holds: one reader, one layer-labelling rule.
+    Returns the paths written."""
+    run, written = read_run(folder), []
+    if run.params is not None and "theta" in run.params:
+        written.append(save_png(final_theta_figure(run), os.path.join(folder, "search_theta.png")))
+    fig = losses_figure(run) if run.log else None
+    if fig is not None:
+        written.append(save_png(fig, os.path.join(folder, "search_progress.png")))
+    return written
+
+
 # ----------------------------------------------------------------------------- HTML
 
 CSS = """
@@ -635,15 +649,6 @@ def _result_sections(page: _Page, run, folder: str) -> None:
         page.add("<pre>" + html.escape("\n".join(run.arch.block_strings())) + "</pre>")
     else:
         page.add(_missing("arch.yaml is missing or unreadable"))
-
-    for name in ("search_theta.png", "search_progress.png"):
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            from src.analysis.plotting import file_data_uri_bytes
-            with open(path, "rb") as f:
-                page.add(f"<h2>{html.escape(name)} (written by the search)</h2>" +
-                         _img(file_data_uri_bytes(f.read()), name))
-            page.images.append(name)
 
     if run.config is not None:
         import yaml

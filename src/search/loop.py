@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
-from src.data import make_dataset
+from src.data import make_dataset, sample_order
 from src.search.hooks import check_finite_losses
 from src.search.step import PathSample, StepResult, sample_path
 
@@ -114,12 +114,15 @@ def weight_batches(run, epochs: int) -> Iterator:
 def arch_batches(run) -> Iterator:
     """Endless stream over the architecture split (20%), resumable by (val_epoch, val_pos)."""
     state, p = run.state, run.p  # (run.check_batches: the split holds a batch)
+    per_epoch = len(sample_order(run.a_idx, shard=run.shard)) // run.rank_batch
     while True:
-        data = make_dataset(run.cfg.data, "train", run.rank_batch, indices=run.a_idx,
-                            shuffle=True, seed=p.seed + 1, epoch=state.val_epoch,
-                            start_batch=state.val_pos, shard=run.shard, drop_remainder=True)
-        for x, y in data.create_tuple_iterator(num_epochs=1):
-            state.val_pos += 1
-            yield x, y
+        # a state saved right after an epoch's last batch has val_pos == per_epoch
+        if state.val_pos < per_epoch:
+            data = make_dataset(run.cfg.data, "train", run.rank_batch, indices=run.a_idx,
+                                shuffle=True, seed=p.seed + 1, epoch=state.val_epoch,
+                                start_batch=state.val_pos, shard=run.shard, drop_remainder=True)
+            for x, y in data.create_tuple_iterator(num_epochs=1):
+                state.val_pos += 1
+                yield x, y
         state.val_epoch += 1
         state.val_pos = 0

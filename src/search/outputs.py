@@ -57,11 +57,8 @@ def write_outputs(run, stage, result: Derivation) -> dict:
         atomic_write_text(run.path(SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
         atomic_write(run.path("arch_params.npz"),
                      lambda tmp: np.savez(tmp, **{k: v for k, v in arch.values().items()}))
-        try:
-            from src.search.plots import plot_search
-            plot_search(run.out, space, run.targets)
-        except ImportError:
-            pass
+        from src.analysis.report import draw_search_pictures  # the one drawer (analysis)
+        draw_search_pictures(run.out)
     if run.rank_log is not None:
         from src.search.distributed import arch_digest, weights_digest
         run.rank_log.write(event="done", global_step=run.state.global_step,

@@ -3,6 +3,7 @@ no numpy warnings, no nan in any title or label."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from src.sampler import softmax_np, stable_softmax
-from tests.analysis_fixtures import SYN_SPACE, make_synthetic_run
+from tests.analysis_fixtures import make_synthetic_run
 
 
 def test_stable_softmax_is_finite_for_any_input_and_exact_for_ordinary_input():
@@ -55,16 +56,18 @@ def _record_texts(monkeypatch) -> list[str]:
     return texts
 
 
-def test_search_plots_of_extreme_values_warn_nothing_and_show_no_nan(extreme_run, monkeypatch):
-    from src.search.plots import plot_search
-    from src.space.space import load_space
+def test_search_pictures_of_extreme_values_warn_nothing_and_show_no_nan(extreme_run,
+                                                                       monkeypatch):
+    from src.analysis.report import draw_search_pictures
     texts = _record_texts(monkeypatch)
     with warnings.catch_warnings(), np.errstate(all="raise"):
         warnings.simplefilter("error")
-        written = plot_search(str(extreme_run), load_space(SYN_SPACE), {"flops": 120e6})
-    assert len(written) == 2
-    titles = [t for t in texts if "π" in t]
-    assert titles == ["Final op probabilities: θ of proposal 2 (π = 1.00)"], texts
+        written = draw_search_pictures(str(extreme_run))
+    assert [os.path.basename(p) for p in written] == ["search_theta.png", "search_progress.png"]
+    assert all(os.path.getsize(p) > 5000 for p in written)
+    titles = [t for t in texts if t.startswith("Final op probabilities")]
+    assert titles == ["Final op probabilities of proposal 2 (softmax(Π) = 1.00); red box = "
+                      "derived op"], texts
     assert not any("nan" in t.lower() for t in texts), texts
 
 
