@@ -27,10 +27,10 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from src.context import DEVICE_TARGETS  # the one list (src.context is light to import)
 from src.errors import OS_HINTS, HourNASError, Stopped, os_error_hint
 from src.runlog import log
 
-DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
 
 
 def _device_target(text: str) -> str:

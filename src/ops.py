@@ -67,11 +67,6 @@ class SqueezeExcite(nn.Cell):
         return x * s
 
 
-class Identity(nn.Cell):
-    def construct(self, x):
-        return x
-
-
 class Block(nn.Cell):
     """One layer: IRF/MBConv (expand, shuffle, depthwise, SE, project, residual), the
     depthwise-separable block, FBNet's projecting skip, or the identity."""

@@ -27,6 +27,7 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 
+from src.context import DEVICE_TARGETS
 from src.config import format_size, load_config, read_yaml, to_dict
 from src.errors import ConfigError, HourNASError
 from src.rundir import ARCH_FILE, SEARCH_STATE_FILE, SUMMARY_FILE, TRAIN_LOG_FILE, best_ckpt_name, searched_arch_name
@@ -34,7 +35,7 @@ from src.rundir import ARCH_FILE, SEARCH_STATE_FILE, SUMMARY_FILE, TRAIN_LOG_FIL
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLE = os.path.join(ROOT, "config", "reproduce.yaml")
 STAGES = ("search", "train", "eval", "export", "summary")
-TARGETS = {"gpu": "GPU", "ascend": "Ascend", "cpu": "CPU"}
+TARGETS = {t.lower(): t for t in DEVICE_TARGETS}  # the scripts' suffix -> the device target
 SUMMARY_JSON = "reproduce_summary.json"
 SUMMARY_MD = "reproduce_summary.md"
 MD_HEADER = ("| experiment | paper row | devices | search cost (device-hours) | params | FLOPs "
@@ -133,7 +134,7 @@ def load_configs(exp: Experiment, data_path: str | None = None):
 # ----------------------------------------------------------------------------- stages
 
 @dataclass
-class Run:
+class ReproduceRun:
     """One invocation: which row, where, on what."""
 
     name: str
@@ -179,7 +180,7 @@ def _newer_or_same(a: str, b: str) -> bool:
     return os.path.getmtime(a) >= os.path.getmtime(b)
 
 
-def eval_result(run: Run) -> dict | None:
+def eval_result(run: ReproduceRun) -> dict | None:
     """The evaluation of the best checkpoint: the last JSON line of OUT/train/log/eval.log if it
     is about the current best checkpoint and newer than it, else None."""
     log_file, ckpt = run.path("train", "log", "eval.log"), run.best_ckpt()
@@ -199,14 +200,14 @@ def eval_result(run: Run) -> dict | None:
     return None
 
 
-def train_done(run: Run) -> bool:
+def train_done(run: ReproduceRun) -> bool:
     from src.jsonlog import read_jsonl
 
     records = read_jsonl(run.path("train", TRAIN_LOG_FILE))
     return bool(records) and records[-1].get("event") == "done" and os.path.isfile(run.best_ckpt())
 
 
-def train_checkpoints(run: Run) -> list[str]:
+def train_checkpoints(run: ReproduceRun) -> list[str]:
     """Periodic (resumable) checkpoints of this architecture in OUT/train."""
     folder, prefix = run.path("train"), run.arch_name() + "-"
     if not os.path.isdir(folder):
@@ -214,7 +215,7 @@ def train_checkpoints(run: Run) -> list[str]:
     return sorted(n for n in os.listdir(folder) if n.startswith(prefix) and n.endswith(".ckpt"))
 
 
-def stage_state(run: Run, stage: str) -> tuple[str, str]:
+def stage_state(run: ReproduceRun, stage: str) -> tuple[str, str]:
     """(state, why): state is 'done' (skip), 'resume' or 'new'."""
     if stage == "search":
         arch, summ = run.path("search", ARCH_FILE), run.path("search", SUMMARY_FILE)
@@ -245,7 +246,7 @@ def stage_state(run: Run, stage: str) -> tuple[str, str]:
     raise HourNASError(f"unknown stage '{stage}'; valid: {', '.join(STAGES)}")
 
 
-def stage_command(run: Run, stage: str) -> list[str]:
+def stage_command(run: ReproduceRun, stage: str) -> list[str]:
     """The command of a stage (relative paths are from the repository root)."""
     t, n = run.suffix, run.devices
     resume = ["--", "--resume"] if stage_state(run, stage)[0] == "resume" else []
@@ -272,12 +273,12 @@ def stage_command(run: Run, stage: str) -> list[str]:
     raise HourNASError(f"unknown stage '{stage}'; valid: {', '.join(STAGES)}")
 
 
-def plan(run: Run) -> list[tuple[str, str, str, list[str]]]:
+def plan(run: ReproduceRun) -> list[tuple[str, str, str, list[str]]]:
     """[(stage, state, why, command)] of every stage as things stand now."""
     return [(s, *stage_state(run, s), stage_command(run, s)) for s in STAGES]
 
 
-def check_run(run: Run) -> None:
+def check_run(run: ReproduceRun) -> None:
     """Everything that can be checked before a run starts: the configs load, the dataset is
     where the row needs it, the output folder can be written."""
     from src.checkpoint import check_output_dir
@@ -316,7 +317,7 @@ def _read_json(path: str) -> dict | None:
         return json.load(f)
 
 
-def summarize(run: Run) -> dict:
+def summarize(run: ReproduceRun) -> dict:
     """What the run gave next to what the paper reports; written as JSON and one Markdown row."""
     from src.checkpoint import atomic_write_text
     from src.resource import count
@@ -456,7 +457,7 @@ def main(args) -> int:
                 tag = f"{exp.paper.row} (Table {exp.paper.table})" if exp.paper else "not a paper row"
                 print(f"{name:<25} {tag:<36} {exp.description}")
         return 0
-    run = Run(args.name, get_experiment(args.name, args.table), args.output_dir,
+    run = ReproduceRun(args.name, get_experiment(args.name, args.table), args.output_dir,
               args.device_target, args.devices,
               os.path.abspath(args.data_path) if args.data_path else None)
     if args.cmd == "check":

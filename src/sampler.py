@@ -29,8 +29,8 @@ import mindspore.ops as ops
 import numpy as np
 
 from src.errors import HourNASError
+from src.search.config import SAMPLERS  # the one list: the search schema's
 
-SAMPLERS = ("gumbel_max", "gumbel_softmax", "softmax")
 U_MIN, U_MAX = 1e-10, 1.0 - 1e-10  # u clamp: Gumbel noise stays within [-3.14, 23.03]
 
 

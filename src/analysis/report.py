@@ -42,7 +42,9 @@ MIN_WINDOW = 5     # ... of at least this many steps each (fewer when the stage 
 
 
 @dataclass
-class Run:
+class SearchFolder:
+    """What a search's run folder holds, as ``read_run`` found it."""
+
     folder: str
     config: dict | None = None
     log: list[dict] | None = None
@@ -70,13 +72,13 @@ class Run:
         return out
 
 
-def read_run(folder: str) -> Run:
+def read_run(folder: str) -> SearchFolder:
     """Everything readable in a run folder; what is missing or unreadable is listed."""
     import yaml
     if not os.path.isdir(folder):
         raise HourNASError(f"run folder '{folder}' does not exist; give the --output_dir of a "
                            f"search.py run")
-    run = Run(folder)
+    run = SearchFolder(folder)
     for name in FILES:
         if not os.path.isfile(os.path.join(folder, name)):
             run.missing.append(name)
@@ -134,7 +136,7 @@ def _first_line(e) -> str:
 
 # ----------------------------------------------------------------------------- layer naming
 
-def searched_layers(run: Run, stage: str, width: int) -> tuple[list[str], list[list[str]], list]:
+def searched_layers(run: SearchFolder, stage: str, width: int) -> tuple[list[str], list[list[str]], list]:
     """(labels, op names per layer, chosen op name or None per layer) of the ``width`` layers
     a stage searched; falls back to positions when the space is unknown."""
     space = run.space
@@ -156,7 +158,7 @@ def searched_layers(run: Run, stage: str, width: int) -> tuple[list[str], list[l
     return labels, ops, chosen
 
 
-def _num_ops(run: Run) -> int:
+def _num_ops(run: SearchFolder) -> int:
     if run.params is not None and "theta" in run.params:
         return int(run.params["theta"].shape[-1])
     top = max((max(r["path"]) for r in run.steps if r.get("path")), default=0)
@@ -182,7 +184,7 @@ def _op_colors(n: int):
 
 # ----------------------------------------------------------------------------- figures
 
-def stage_order(run: Run) -> list[str]:
+def stage_order(run: SearchFolder) -> list[str]:
     seen = []
     for r in run.steps:
         s = r.get("stage")
@@ -191,7 +193,7 @@ def stage_order(run: Run) -> list[str]:
     return seen
 
 
-def theta_over_time_figure(run: Run, stage: str):
+def theta_over_time_figure(run: SearchFolder, stage: str):
     """Per searched layer, the frequency of each sampled op over windows of steps."""
     plt = pyplot()
     recs = [r for r in run.steps if r.get("stage") == stage and r.get("path") is not None]
@@ -275,7 +277,7 @@ def _box(x, y):
     return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, ec="red", lw=1.8)
 
 
-def final_theta_figure(run: Run):
+def final_theta_figure(run: SearchFolder):
     """softmax(θ) at the end of the search (the most probable proposal when there are
     several), with Π's proposal weights beside it."""
     plt = pyplot()
@@ -313,7 +315,7 @@ def final_theta_figure(run: Run):
     return fig
 
 
-def vital_probs_figure(run: Run):
+def vital_probs_figure(run: SearchFolder):
     """Stage 1's final op probabilities of the vital layers (from summary.json)."""
     plt = pyplot()
     v = (run.summary or {}).get("vital") or {}
@@ -337,7 +339,7 @@ def vital_probs_figure(run: Run):
     return fig
 
 
-def proposals_figure(run: Run):
+def proposals_figure(run: SearchFolder):
     """π over time: logged softmax(Π) if the log has it, else the sampled-proposal shares."""
     plt = pyplot()
     recs = [r for r in run.steps if r.get("proposal") is not None or r.get("pi") is not None]
@@ -373,7 +375,7 @@ def proposals_figure(run: Run):
     return fig, how
 
 
-def cloud_figure(run: Run):
+def cloud_figure(run: SearchFolder):
     """Params and FLOPs of every sampled architecture (the paper's Fig. 3), targets dashed."""
     plt = pyplot()
     recs = [r for r in run.steps if "path_params" in r or "path_flops" in r]
@@ -417,7 +419,7 @@ def cloud_figure(run: Run):
     return fig
 
 
-def losses_figure(run: Run):
+def losses_figure(run: SearchFolder):
     """Losses, regulariser, accuracies, τ and entropy against the iteration."""
     plt = pyplot()
     recs = run.steps
@@ -526,7 +528,7 @@ def _num(v) -> str:
     return str(v)
 
 
-def summary_section(run: Run) -> str:
+def summary_section(run: SearchFolder) -> str:
     parts = ["<h2>Summary</h2>"]
     s = run.summary
     targets = run.targets()

@@ -232,10 +232,6 @@ def format_block(block: Block) -> str:
     return "_".join(parts + _tail_tokens(op))
 
 
-def with_se(op: Op, se: float) -> Op:
-    return op if op.is_skip else replace(op, se=se)
-
-
 # ----------------------------------------------------------------------------- timm
 
 TIMM_ACTIVATIONS = {"relu": "relu", "relu6": "relu6", "swish": "swish"}

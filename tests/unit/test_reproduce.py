@@ -12,7 +12,7 @@ import pytest
 
 from src.config import load_config
 from src.errors import HourNASError
-from src.reproduce import (MD_HEADER, ROOT, STAGES, Run, check_run, get_experiment, load_configs,
+from src.reproduce import (MD_HEADER, ROOT, STAGES, ReproduceRun, check_run, get_experiment, load_configs,
                            load_table, stage_command, stage_state, summarize)
 from src.resource import count
 from src.search.config import SearchConfig
@@ -117,8 +117,8 @@ def test_unknown_experiment_names_the_valid_ones():
 
 # ----------------------------------------------------------------------------- stages
 
-def run_of(tmp_path, name="tiny_digits", **kw) -> Run:
-    return Run(name, TABLE[name], str(tmp_path / "out"), **kw)
+def run_of(tmp_path, name="tiny_digits", **kw) -> ReproduceRun:
+    return ReproduceRun(name, TABLE[name], str(tmp_path / "out"), **kw)
 
 
 def write(path: Path, text: str = "x") -> Path:
@@ -361,7 +361,7 @@ def test_the_documented_commands_pass_the_input_checks(tmp_path):
             data = str(imagenet if "imagenet" in data else cifar)
         elif TABLE[name].published:  # the documented command reads Debian's package; a
             data = fashion             # machine without it gives DATA_PATH (as here)
-        run = Run(name, TABLE[name], str(tmp_path / out), target, int(devices), data)
+        run = ReproduceRun(name, TABLE[name], str(tmp_path / out), target, int(devices), data)
         check_run(run)
         assert stage_command(run, "search")[1] == f"scripts/run_search_{target}.sh"
 
