@@ -400,7 +400,9 @@ def group_stats(nets: list[Net]) -> dict[str, dict]:
 
 def rankings(cmp: Compare, nets: list[Net]) -> dict:
     """Kendall's τ per supernet between its accuracy and the retrained top-1, over the
-    networks it can run (at least three)."""
+    networks it can run (at least three); and again without the supernet's own derived net
+    (``others``), whose path stage 2 trained most: the shared weights may favour it for that
+    alone, which a ranking of the nets it did not favour shows."""
     from src.search.supernet_eval import kendall_tau
 
     out = {}
@@ -409,6 +411,10 @@ def rankings(cmp: Compare, nets: list[Net]) -> dict:
         if len(both) >= 3:
             tau, p = kendall_tau([n.supernet[s] for n in both], [n.top1 for n in both])
             out[s] = {"tau": tau, "p": p, "n": len(both), "nets": [n.name for n in both]}
+            others = [n for n in both if not (n.group == "searched" and n.seed == s)]
+            if 3 <= len(others) < len(both):
+                tau, p = kendall_tau([n.supernet[s] for n in others], [n.top1 for n in others])
+                out[s]["others"] = {"tau": tau, "p": p, "n": len(others)}
     return out
 
 
@@ -482,7 +488,10 @@ def markdown(cmp: Compare, nets: list[Net], stats: dict, ranks: dict,
     for s, r in ranks.items():
         lines.append(f"\nSupernet of seed {s}: Kendall's τ = {r['tau']:.2f} (p = {r['p']:.2f}) "
                      f"between supernet accuracy and retrained top-1 over {r['n']} networks "
-                     f"({', '.join(r['nets'])}).")
+                     f"({', '.join(r['nets'])})" + (
+                         f"; without its own derived net (the path stage 2 trained most): "
+                         f"τ = {r['others']['tau']:.2f} (p = {r['others']['p']:.2f}) over "
+                         f"{r['others']['n']}." if "others" in r else "."))
     if pending and any(pending.values()):
         left = ", ".join(f"{k} {v}" for k, v in pending.items() if v)
         lines += ["", f"**Not finished** (steps left: {left}): the figures above are those of "

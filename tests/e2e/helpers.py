@@ -21,8 +21,9 @@ def cli_env() -> dict:
     return env
 
 
-def run_cli(script: str, *args: str, timeout: int = HANG, check: bool = True):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
+def run_cli(script: str, *args, timeout: int = HANG, check: bool = True):
+    """``python ROOT/script ARGS`` (paths may be Path objects) from the repository root."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT,
                           env=cli_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} exited {proc.returncode}\n"
@@ -30,7 +31,9 @@ def run_cli(script: str, *args: str, timeout: int = HANG, check: bool = True):
     return proc
 
 
-def last_json(stdout: str) -> dict:
+def last_json(out) -> dict:
+    """The JSON object on the last line of stdout (a string, or a finished process)."""
+    stdout = out if isinstance(out, str) else out.stdout
     return json.loads(stdout.strip().splitlines()[-1])
 
 

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,27 +11,12 @@ import yaml
 from src.resource import profile
 from src.space.space import load_arch
 from tests.analysis_fixtures import TINY_ARCH, make_synthetic_run
-from tests.e2e.helpers import HANG
-
-ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "GLOG_v": "3", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-
-
-def run(*args, check=True, timeout=HANG):
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args[:2]} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def last_json(proc) -> dict:
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+from tests.e2e.helpers import last_json, run_cli
 
 
 def test_hourglass_cli(tmp_path):
     out = tmp_path / "a.png"
-    proc = run("analyze.py", "hourglass", "--arch", "config/arch/fbnet_a.yaml", "--output",
+    proc = run_cli("analyze.py", "hourglass", "--arch", "config/arch/fbnet_a.yaml", "--output",
                str(out), "--json")
     assert out.stat().st_size > 10_000
     data = last_json(proc)
@@ -45,7 +28,7 @@ def test_hourglass_cli(tmp_path):
 def test_report_cli(tmp_path):
     make_synthetic_run(str(tmp_path / "run"), steps_vital=10, steps_nonvital=20,
                        with_files=("config.yaml", "search_log.jsonl", "summary.json"))
-    proc = run("analyze.py", "report", "--run", str(tmp_path / "run"), "--json")
+    proc = run_cli("analyze.py", "report", "--run", str(tmp_path / "run"), "--json")
     facts = last_json(proc)
     page = Path(facts["report"]).read_text(encoding="utf-8")
     assert facts["report"] == str(tmp_path / "run" / "report.html")
@@ -60,7 +43,7 @@ def checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("train")
     arch = folder / "tiny.yaml"
     arch.write_text(yaml.safe_dump(TINY_ARCH, sort_keys=False))
-    proc = run("train.py", "--arch", str(arch), "--epochs", "1", "--output_dir",
+    proc = run_cli("train.py", "--arch", str(arch), "--epochs", "1", "--output_dir",
                str(folder / "out"), "--set", "data.image_size=16", "--set",
                "train.steps_per_epoch=8", "--json")
     return last_json(proc)["best_ckpt"]
@@ -68,7 +51,7 @@ def checkpoint(tmp_path_factory):
 
 def test_importance_cli_on_a_train_py_checkpoint(checkpoint, tmp_path):
     out = tmp_path / "imp"
-    proc = run("analyze.py", "importance", "--ckpt", checkpoint, "--p", "0.5", "1.0",
+    proc = run_cli("analyze.py", "importance", "--ckpt", checkpoint, "--p", "0.5", "1.0",
                "--seeds", "1", "--max_images", "100", "--output_dir", str(out), "--json")
     result = last_json(proc)
     names = {"importance.json", "importance.csv", "importance_p0.5.png", "importance_p1.png",
@@ -82,15 +65,15 @@ def test_importance_cli_on_a_train_py_checkpoint(checkpoint, tmp_path):
 
 
 def test_importance_cli_errors_are_one_line(tmp_path):
-    proc = run("analyze.py", "importance", "--ckpt", str(tmp_path / "none.ckpt"), check=False)
+    proc = run_cli("analyze.py", "importance", "--ckpt", str(tmp_path / "none.ckpt"), check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: checkpoint")
-    proc = run("analyze.py", "importance", "--ckpt", "x.ckpt", "--p", "1.5", check=False)
+    proc = run_cli("analyze.py", "importance", "--ckpt", "x.ckpt", "--p", "1.5", check=False)
     assert proc.returncode == 2 and "outside (0, 1]" in proc.stderr
 
 
 def test_ablations_dry_run_lists_the_commands(tmp_path):
-    proc = run("analyze.py", "ablations", "--set-name", "sampler", "--dry-run",
+    proc = run_cli("analyze.py", "ablations", "--set-name", "sampler", "--dry-run",
                "--retrain-epochs", "2", "--output_dir", str(tmp_path), "--set",
                "search.steps_per_epoch=2")
     lines = proc.stdout.strip().splitlines()
@@ -102,7 +85,7 @@ def test_ablations_dry_run_lists_the_commands(tmp_path):
 
 def test_ablations_run_one_tiny_config(tmp_path):
     """The runner around the real search.py: one tiny config, one step per stage."""
-    proc = run("analyze.py", "ablations", "--configs", "no_vital_priori", "--output_dir",
+    proc = run_cli("analyze.py", "ablations", "--configs", "no_vital_priori", "--output_dir",
                str(tmp_path), "--set", "search.steps_per_epoch=1", "--set",
                "search.epochs_nvital=1", "--set", "proposal.report_samples=100", "--json",
                check=False)

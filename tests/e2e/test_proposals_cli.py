@@ -1,12 +1,11 @@
 """search.py --stage proposals, run as a user would: a subprocess on a shipped config."""
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 
-from tests.e2e.helpers import HANG
+from tests.e2e.helpers import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "config", "search", "fbnet_cifar10.yaml")
@@ -14,17 +13,11 @@ SMALL = ["--set", "proposal.iterations=300", "--set", "proposal.report_samples=1
          "--set", "proposal.report_taus=[1.0,0.1]"]
 
 
-def run(*args):
-    env = dict(os.environ, GLOG_v="3", ONEDNN_MAX_CPU_ISA="AVX2")
-    return subprocess.run([sys.executable, os.path.join(ROOT, "search.py"), *args],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=HANG)
-
-
 def test_proposals_stage_writes_files_and_json(tmp_path):
     out = tmp_path / "run"
-    proc = run("--config", CONFIG, "--stage", "proposals", "--output_dir", str(out), "--json",
-               "--set", "proposal.targets.params=2.5M", "--set", "proposal.targets.flops=250M",
-               *SMALL)
+    proc = run_cli("search.py", "--config", CONFIG, "--stage", "proposals", "--output_dir", out,
+                   "--json", "--set", "proposal.targets.params=2.5M",
+                   "--set", "proposal.targets.flops=250M", *SMALL)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["targets"] == {"params": 2.5e6, "flops": 250e6}
@@ -52,8 +45,8 @@ def test_proposals_stage_writes_files_and_json(tmp_path):
 
 
 def test_infeasible_target_is_one_error_line_with_the_range(tmp_path):
-    proc = run("--config", CONFIG, "--stage", "proposals", "--output_dir", str(tmp_path / "x"),
-               "--set", "proposal.targets.flops=10M", *SMALL)
+    proc = run_cli("search.py", "--config", CONFIG, "--stage", "proposals", "--output_dir",
+                   tmp_path / "x", "--set", "proposal.targets.flops=10M", *SMALL, check=False)
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("error: target flops 10.00M is below the space's minimum 53.03M")
@@ -63,7 +56,7 @@ def test_infeasible_target_is_one_error_line_with_the_range(tmp_path):
 
 
 def test_stage_describe_lists_the_layers():
-    proc = run("--config", CONFIG, "--stage", "describe", "--json")
+    proc = run_cli("search.py", "--config", CONFIG, "--stage", "describe", "--json")
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["space"] == "fbnet_cifar10"

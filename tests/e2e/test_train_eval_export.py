@@ -16,7 +16,7 @@ from src.checkpoint import load_checkpoint
 from src.resource import count
 from src.space.space import load_arch
 from tests.conftest import fixture_text
-from tests.e2e.helpers import HANG, records, wait_until
+from tests.e2e.helpers import HANG, last_json, records, run_cli, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = fixture_text("tiny_arch_mixed.yaml")
@@ -24,18 +24,6 @@ TINY = fixture_text("tiny_arch_mixed.yaml")
 TRAIN = ["--epochs", "2", "--batch_size", "32", "--set", "data.image_size=16",
          "--set", "train.steps_per_epoch=8", "--set", "train.ckpt_every=3",
          "--set", "train.log_every=1", "--set", "train.lr=0.2", "--set", "train.ckpt_keep=10"]
-
-
-def cli(*args, check=True, timeout=HANG):
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def last_json(proc) -> dict:
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def read_log(run: Path) -> list[dict]:
@@ -57,7 +45,7 @@ def tiny(tmp_path_factory) -> Path:
 def reference_run(tiny, tmp_path_factory) -> tuple[Path, dict]:
     """One uninterrupted run; the other tests compare against it."""
     out = tmp_path_factory.mktemp("run") / "ref"
-    proc = cli("train.py", "--arch", tiny, *TRAIN, "--output_dir", out, "--json")
+    proc = run_cli("train.py", "--arch", tiny, *TRAIN, "--output_dir", out, "--json")
     return out, last_json(proc)
 
 
@@ -78,16 +66,16 @@ def test_train_eval_export(reference_run, tmp_path):
     assert extra["arch"]["name"] == "tiny" and extra["config"]["train"]["lr"] == 0.2
 
     # eval.py over every image reports exactly what training logged for this checkpoint
-    ev = last_json(cli("eval.py", "--ckpt", ckpt, "--json"))
+    ev = last_json(run_cli("eval.py", "--ckpt", ckpt, "--json"))
     assert ev["images"] == 360
     assert ev["top1"] == pytest.approx(last["top1"], abs=1e-9)
     assert ev["top5"] == pytest.approx(last["top5"], abs=1e-9)
     assert ev["loss"] == pytest.approx(last["loss"], rel=1e-5)
     # the same with another batch (a partial last batch of 360 % 50 = 10 images)
-    ev50 = last_json(cli("eval.py", "--ckpt", ckpt, "--batch_size", "50", "--json"))
+    ev50 = last_json(run_cli("eval.py", "--ckpt", ckpt, "--batch_size", "50", "--json"))
     assert ev50["images"] == 360 and ev50["top1"] == pytest.approx(last["top1"], abs=1e-9)
 
-    ex = last_json(cli("export.py", "--ckpt", ckpt, "--file_format", "both", "--batch_size", "3",
+    ex = last_json(run_cli("export.py", "--ckpt", ckpt, "--file_format", "both", "--batch_size", "3",
                        "--output_dir", tmp_path, "--json"))
     mindir, onnx = ex["files"]["MINDIR"], ex["files"]["ONNX"]
     assert Path(mindir["path"]) == tmp_path / "tiny.mindir" and os.path.getsize(mindir["path"]) > 0
@@ -117,7 +105,7 @@ def test_resume_after_sigkill_continues_exactly(tiny, reference_run, tmp_path):
     done = max(r["global_step"] for r in before if r["event"] == "step")
     assert saved and saved[-1] < 16
 
-    res = last_json(cli("train.py", "--arch", tiny, *TRAIN, "--output_dir", out, "--resume",
+    res = last_json(run_cli("train.py", "--arch", tiny, *TRAIN, "--output_dir", out, "--resume",
                         "--json"))
     assert res["exit_code"] == 0 and res["global_step"] == 16
     after = read_log(out)
@@ -157,20 +145,20 @@ def test_sigterm_saves_and_exits(tiny, tmp_path):
 
 def test_checkpoint_of_another_architecture_is_a_clear_error(reference_run):
     run, _ = reference_run
-    proc = cli("eval.py", "--ckpt", run / "tiny_best.ckpt", "--arch",
+    proc = run_cli("eval.py", "--ckpt", run / "tiny_best.ckpt", "--arch",
                "config/arch/fbnet_b.yaml", check=False)
     assert proc.returncode == 2, proc.stderr
     err = proc.stderr.strip().splitlines()[-1]
     assert err.startswith("error: checkpoint") and "does not fit the network of --arch" in err
     assert "missing" in err and "Traceback" not in proc.stderr
     # resuming the run with another architecture is refused too (the run is left as it was)
-    proc = cli("train.py", "--arch", "config/arch/fbnet_b.yaml", "--resume", "--output_dir", run,
+    proc = run_cli("train.py", "--arch", "config/arch/fbnet_b.yaml", "--resume", "--output_dir", run,
                check=False)
     assert proc.returncode == 2 and "is not the one the run trains" in proc.stderr
 
 
 def test_resume_without_checkpoint_is_exit_2(tiny, tmp_path):
-    proc = cli("train.py", "--arch", tiny, "--resume", "--output_dir", tmp_path / "empty",
+    proc = run_cli("train.py", "--arch", tiny, "--resume", "--output_dir", tmp_path / "empty",
                check=False)
     assert proc.returncode == 2
     assert "no training checkpoint in" in proc.stderr and "Traceback" not in proc.stderr
@@ -178,7 +166,7 @@ def test_resume_without_checkpoint_is_exit_2(tiny, tmp_path):
 
 def test_diverging_loss_stops_with_the_step(tiny, tmp_path):
     out = tmp_path / "run"
-    proc = cli("train.py", "--arch", tiny, *TRAIN, "--set", "train.lr=1e30",
+    proc = run_cli("train.py", "--arch", tiny, *TRAIN, "--set", "train.lr=1e30",
                "--set", "train.warmup_epochs=0", "--output_dir", out, check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     err = proc.stderr.strip().splitlines()[-1]
@@ -188,13 +176,13 @@ def test_diverging_loss_stops_with_the_step(tiny, tmp_path):
 
 
 def test_profile_json_matches_the_counter():
-    proc = cli("eval.py", "--arch", "config/arch/fbnet_b.yaml", "--profile", "--json")
+    proc = run_cli("eval.py", "--arch", "config/arch/fbnet_b.yaml", "--profile", "--json")
     got = last_json(proc)
     want = count(load_arch("config/arch/fbnet_b.yaml"))
     assert (got["params"], got["flops"]) == (want["params"], want["flops"])
     assert len(got["layers"]) == 22 + 3 and got["layers"][0]["name"] == "stem"
     assert sum(r["flops"] for r in got["layers"]) == want["flops"]
-    text = cli("eval.py", "--arch", "config/arch/fbnet_b.yaml", "--profile").stdout
+    text = run_cli("eval.py", "--arch", "config/arch/fbnet_b.yaml", "--profile").stdout
     assert "4.86M params" in text and "306.21M FLOPs" in text
 
 
@@ -215,7 +203,7 @@ def write_imagenet(root: Path) -> Path:
 
 def test_cifar10_recipe_runs(tiny, cifar_dir, tmp_path):
     data = cifar_dir
-    proc = cli("train.py", "--config", "config/train/cifar10.yaml", "--arch", tiny,
+    proc = run_cli("train.py", "--config", "config/train/cifar10.yaml", "--arch", tiny,
                "--data_path", data, "--epochs", "1", "--batch_size", "16",
                "--set", "data.image_size=16",
                "--set", "train.steps_per_epoch=3", "--set", "train.eval_batch_size=500",
@@ -231,7 +219,7 @@ def test_cifar10_recipe_runs(tiny, cifar_dir, tmp_path):
 def test_imagenet_efficientnet_recipe_with_ema(tiny, tmp_path):
     data = write_imagenet(tmp_path / "imagenet")
     out = tmp_path / "run"
-    proc = cli("train.py", "--config", "config/train/imagenet_efficientnet.yaml", "--arch", tiny,
+    proc = run_cli("train.py", "--config", "config/train/imagenet_efficientnet.yaml", "--arch", tiny,
                "--data_path", data, "--set", "data.image_size=32", "--set", "data.num_workers=1",
                "--epochs", "2", "--batch_size", "4", "--set", "train.warmup_epochs=1",
                "--output_dir", out, "--json")
@@ -241,7 +229,7 @@ def test_imagenet_efficientnet_recipe_with_ema(tiny, tmp_path):
     assert "amp_level O2 -> O0" in text and "activation relu -> swish" in text
     _, extra = load_checkpoint(res["ckpt"])
     assert extra["ema"] is True and extra["arch"]["conventions"]["activation"] == "swish"
-    ev = last_json(cli("eval.py", "--ckpt", res["ckpt"], "--json"))
+    ev = last_json(run_cli("eval.py", "--ckpt", res["ckpt"], "--json"))
     assert ev["ema"] is True and ev["images"] == 6
     assert ev["top1"] == pytest.approx(res["last"]["top1"], abs=1e-9)
     assert ev["loss"] == pytest.approx(res["last"]["loss"], rel=1e-5)
@@ -254,7 +242,7 @@ def test_bn_recalibration_is_what_the_checkpoint_holds_and_eval_reports(referenc
     statistics in its checkpoint, and eval.py reports what each run logged."""
     ref, ref_summary = reference_run
     out = tmp_path / "plain"
-    proc = cli("train.py", "--arch", tiny, *TRAIN, "--set", "train.bn_recalibrate=0",
+    proc = run_cli("train.py", "--arch", tiny, *TRAIN, "--set", "train.bn_recalibrate=0",
                "--output_dir", out, "--json")
     assert losses(read_log(out)) == losses(read_log(ref))  # training never reads the statistics
     plain, _ = load_checkpoint(str(out / "tiny_best.ckpt"))
@@ -262,5 +250,5 @@ def test_bn_recalibration_is_what_the_checkpoint_holds_and_eval_reports(referenc
     stats = [n for n in plain if n.endswith("moving_mean")]
     assert stats and any(not np.allclose(plain[n].asnumpy(), recal[n].asnumpy()) for n in stats)
     for run, summary in ((out, last_json(proc)), (ref, ref_summary)):
-        ev = last_json(cli("eval.py", "--ckpt", run / "tiny_best.ckpt", "--json"))
+        ev = last_json(run_cli("eval.py", "--ckpt", run / "tiny_best.ckpt", "--json"))
         assert ev["top1"] == pytest.approx(summary["best_top1"], abs=1e-9)

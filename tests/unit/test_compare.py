@@ -63,10 +63,27 @@ def test_kendall_tau_per_supernet_over_the_nets_it_can_run(tmp_path):
     assert list(ranks) == [0]  # seed 1 scored nothing
     assert ranks[0]["n"] == 3 and ranks[0]["tau"] == pytest.approx(1.0)
     assert ranks[0]["nets"] == ["searched_s0", "vital_01", "vital_02"]
+    assert "others" not in ranks[0]  # two nets without the searched one: no ranking
     nets[3].supernet[0] = 0.95  # now the ranking is wrong for one pair
     assert rankings(cmp, nets)[0]["tau"] == pytest.approx(-1 / 3)
     page = markdown(cmp, nets, group_stats(nets), rankings(cmp, nets))
     assert "| searched_s0 | searched |" in page and "Kendall's τ = -0.33" in page
+
+
+def test_kendall_tau_without_the_supernets_own_net(tmp_path):
+    """The supernet rates its own derived net first while it retrains worst; the others it
+    ranks in order: τ over all is low, τ without its own net is 1."""
+    cfg = CompareConfig(search="config/search/default.yaml", train="config/train/digits.yaml",
+                        seeds=[0], output_dir=str(tmp_path))
+    cmp = Compare(cfg, None, None, log=lambda _: None)
+    nets = _nets([85.0], [], [86.0, 87.0, 88.0])
+    for n, acc in zip(nets, (0.99, 0.80, 0.85, 0.90)):
+        n.supernet[0] = acc
+    r = rankings(cmp, nets)[0]
+    assert r["n"] == 4 and r["tau"] == pytest.approx(0.0)  # 3 concordant, 3 discordant pairs
+    assert r["others"]["n"] == 3 and r["others"]["tau"] == pytest.approx(1.0)
+    page = markdown(cmp, nets, group_stats(nets), rankings(cmp, nets))
+    assert "without its own derived net (the path stage 2 trained most): τ = 1.00" in page
 
 
 def test_config_is_checked(tmp_path):
