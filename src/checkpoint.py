@@ -298,20 +298,28 @@ def check_fit(where: str, actual: Mapping[str, tuple], expected: Mapping[str, tu
     raise CheckpointError(f"{where} does not fit {network}: " + ", ".join(parts))
 
 
+def _read_raw(path: str, choice_func=None) -> tuple[dict, str]:
+    """(MindSpore's name -> value dict of ``path``, the message for an unreadable file);
+    ``choice_func(name)`` picks the entries to read (None: all)."""
+    import mindspore as ms
+
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    _check_suffix(path)
+    unreadable = f"checkpoint '{path}' is unreadable (truncated or not a MindSpore checkpoint)"
+    try:
+        return ms.load_checkpoint(path, choice_func=choice_func), unreadable
+    except (ValueError, RuntimeError, TypeError, OSError) as e:
+        raise CheckpointError(unreadable) from e
+
+
 def load_checkpoint(path: str, expected: Mapping[str, tuple] | None = None) -> tuple[dict, dict]:
     """Read ``path`` -> (params: name -> Parameter, extra). With ``expected`` (name ->
     shape), names and shapes must match exactly."""
     import mindspore as ms
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint '{path}' does not exist")
-    _check_suffix(path)
-    unreadable = f"checkpoint '{path}' is unreadable (truncated or not a MindSpore checkpoint)"
-    try:
-        raw = ms.load_checkpoint(path)
-    except (ValueError, RuntimeError, TypeError, OSError) as e:
-        raise CheckpointError(unreadable) from e
+    raw, unreadable = _read_raw(path)
     params, extra, blob, header = {}, {}, None, None
     for name, value in raw.items():
         if name == EXTRA_KEY:
@@ -343,17 +351,8 @@ def read_checkpoint_extra(path: str) -> dict:
     """The ``extra`` of a checkpoint without its tensors (what listing a run's checkpoints
     needs: ~10x faster than :func:`load_checkpoint` on a 1.4 MB file). A file cut short has
     no extra record: CheckpointError, as from :func:`load_checkpoint`."""
-    import mindspore as ms
-
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint '{path}' does not exist")
-    _check_suffix(path)
-    unreadable = f"checkpoint '{path}' is unreadable (truncated or not a MindSpore checkpoint)"
-    try:
-        raw = ms.load_checkpoint(path, choice_func=lambda name: name in (EXTRA_KEY, HEADER_KEY))
-    except (ValueError, RuntimeError, TypeError, OSError) as e:
-        raise CheckpointError(unreadable) from e
+    raw, unreadable = _read_raw(path, choice_func=lambda name: name in (EXTRA_KEY, HEADER_KEY))
     blob, header = raw.get(EXTRA_KEY), raw.get(HEADER_KEY)
     if header is None and blob is None:
         return {}  # a plain MindSpore checkpoint (not written here): no metadata
