@@ -94,15 +94,9 @@ def _check(name: str, got, want, tol: float) -> float:
     return diff
 
 
-def main(args) -> int:
-    import numpy as np
-
-    import mindspore as ms
-    import mindspore.nn as nn
-
-    from src.checkpoint import check_output_dir, load_checkpoint, require_training_checkpoint
-    from src.context import setup_context
-    from src.evaluate import load_network
+def _check_args(args) -> str:
+    """The flags' checks; returns the output folder (default: the checkpoint's)."""
+    from src.checkpoint import check_output_dir
 
     if args.batch_size < 1:
         raise HourNASError(f"--batch_size must be >= 1, got {args.batch_size}")
@@ -115,8 +109,72 @@ def main(args) -> int:
     if args.overrides:
         raise HourNASError("--set does not apply to export.py")
     out_dir = args.output_dir or os.path.dirname(os.path.abspath(args.ckpt))
-    check_output_dir(out_dir)
-    require_training_checkpoint(args.ckpt, load_checkpoint(args.ckpt)[1])
+    return check_output_dir(out_dir)
+
+
+def export_mindir(net, arch, batches: dict, want: dict, stage: str, out_dir: str,
+                  tol: float) -> dict:
+    """{arch}.mindir with a dynamic batch, reloaded (ms.load + nn.GraphCell) and checked
+    against the network at two batch sizes before it is placed in ``out_dir``."""
+    import mindspore as ms
+    import mindspore.nn as nn
+
+    c, s = arch.in_channels, arch.input_size
+    path = os.path.join(out_dir, f"{arch.name}.mindir")
+    tmp = os.path.join(stage, "model.mindir")
+    ms.export(net, ms.Tensor(shape=[None, c, s, s], dtype=ms.float32), file_name=tmp,
+              file_format="MINDIR")
+    graph = nn.GraphCell(ms.load(tmp))
+    diffs = [_check(f"MINDIR '{path}' at batch {b}", graph(ms.Tensor(x)).asnumpy(), want[b], tol)
+             for b, x in batches.items()]
+    place(tmp, path)
+    sizes = sorted(batches)
+    log(f"wrote {path} (input [None, {c}, {s}, {s}]); reloaded with ms.load + nn.GraphCell: "
+        f"max abs diff {max(diffs):.3g} at batches {sizes[0]} and {sizes[-1]} (tolerance {tol:g})")
+    return {"path": path, "max_abs_diff": max(diffs), "batch": None}
+
+
+def export_onnx(net, arch, n: int, batches: dict, want: dict, stage: str, out_dir: str,
+                tol: float) -> dict:
+    """{arch}_b{n}.onnx at batch ``n``, checked with onnxruntime when it is installed."""
+    import numpy as np
+
+    import mindspore as ms
+    import mindspore.onnx
+
+    c, s = arch.in_channels, arch.input_size
+    path = os.path.join(out_dir, f"{arch.name}_b{n}.onnx")
+    tmp = os.path.join(stage, "model.onnx")
+    mindspore.onnx.export(net, ms.Tensor(np.zeros((n, c, s, s), np.float32)), file_name=tmp,
+                          input_names=["image"], output_names=["logits"])
+    entry = {"path": path, "batch": n, "max_abs_diff": None}
+    try:
+        import onnxruntime
+    except ImportError:
+        place(tmp, path)
+        log(f"wrote {path} (input [{n}, {c}, {s}, {s}]); not run: onnxruntime is not installed "
+            f"(pip install onnxruntime to check it)")
+        return entry
+    sess = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: batches[n]})[0]
+    entry["max_abs_diff"] = _check(f"ONNX '{path}'", got, want[n], tol)
+    place(tmp, path)
+    log(f"wrote {path} (input [{n}, {c}, {s}, {s}]); onnxruntime max abs diff "
+        f"{entry['max_abs_diff']:.3g}")
+    return entry
+
+
+def main(args) -> int:
+    import numpy as np
+
+    import mindspore as ms
+
+    from src.checkpoint import read_checkpoint_extra, require_training_checkpoint
+    from src.context import setup_context
+    from src.evaluate import load_network
+
+    out_dir = _check_args(args)
+    require_training_checkpoint(args.ckpt, read_checkpoint_extra(args.ckpt))
     setup_context(args.device_target or "CPU", "graph")
     net, arch, _ = load_network(args.ckpt, args.arch)
     c, s, n = arch.in_channels, arch.input_size, args.batch_size
@@ -130,45 +188,11 @@ def main(args) -> int:
     forget = on_interrupt(lambda: shutil.rmtree(stage, ignore_errors=True))
     try:
         if fmt in ("MINDIR", "BOTH"):
-            path = os.path.join(out_dir, f"{arch.name}.mindir")
-            tmp = os.path.join(stage, "model.mindir")
-            spec = ms.Tensor(shape=[None, c, s, s], dtype=ms.float32)
-            ms.export(net, spec, file_name=tmp, file_format="MINDIR")
-            graph = nn.GraphCell(ms.load(tmp))
-            diffs = [_check(f"MINDIR '{path}' at batch {b}", graph(ms.Tensor(x)).asnumpy(),
-                            want[b], args.tolerance) for b, x in batches.items()]
-            place(tmp, path)
-            log(f"wrote {path} (input [None, {c}, {s}, {s}]); reloaded with ms.load + "
-                f"nn.GraphCell: max abs diff {max(diffs):.3g} at batches {n} and {n + 1} "
-                f"(tolerance {args.tolerance:g})")
-            result["files"]["MINDIR"] = {"path": path, "max_abs_diff": max(diffs), "batch": None}
-
+            result["files"]["MINDIR"] = export_mindir(net, arch, batches, want, stage, out_dir,
+                                                      args.tolerance)
         if fmt in ("ONNX", "BOTH"):
-            import mindspore.onnx
-
-            path = os.path.join(out_dir, f"{arch.name}_b{n}.onnx")
-            tmp = os.path.join(stage, "model.onnx")
-            example = ms.Tensor(np.zeros((n, c, s, s), np.float32))
-            mindspore.onnx.export(net, example, file_name=tmp, input_names=["image"],
-                                  output_names=["logits"])
-            entry = {"path": path, "batch": n, "max_abs_diff": None}
-            try:
-                import onnxruntime
-            except ImportError:
-                onnxruntime = None
-            if onnxruntime is None:
-                place(tmp, path)
-                log(f"wrote {path} (input [{n}, {c}, {s}, {s}]); not run: onnxruntime is not "
-                    f"installed (pip install onnxruntime to check it)")
-            else:
-                sess = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-                got = sess.run(None, {sess.get_inputs()[0].name: batches[n]})[0]
-                diff = _check(f"ONNX '{path}'", got, want[n], args.tolerance)
-                entry["max_abs_diff"] = diff
-                place(tmp, path)
-                log(f"wrote {path} (input [{n}, {c}, {s}, {s}]); onnxruntime max abs diff "
-                    f"{diff:.3g}")
-            result["files"]["ONNX"] = entry
+            result["files"]["ONNX"] = export_onnx(net, arch, n, batches, want, stage, out_dir,
+                                                  args.tolerance)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         forget()
