@@ -310,20 +310,16 @@ def check_run(run: ReproduceRun) -> None:
 
 # ----------------------------------------------------------------------------- summary
 
-def _read_json(path: str) -> dict | None:
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def summarize(run: ReproduceRun) -> dict:
     """What the run gave next to what the paper reports; written as JSON and one Markdown row."""
     from src.checkpoint import atomic_write_text
     from src.resource import count
     from src.space.space import load_arch
 
-    search = _read_json(run.path("search", SUMMARY_FILE))
+    from src.search.folder import read_search_folder
+
+    folder = run.path("search")
+    search = read_search_folder(folder, log=False).summary if os.path.isdir(folder) else None
     if search is None:
         raise HourNASError(f"no search result in {run.path('search')} (summary.json); run the "
                            f"search stage first")

@@ -127,6 +127,7 @@ def lock_output_dir(folder: str, what: str = "run") -> FolderLock:
 CONFIG_FILE = "config.yaml"          # the resolved config of the run (search and training)
 ARCH_FILE = "arch.yaml"              # a search's derived architecture; training's trained one
 SUMMARY_FILE = "summary.json"        # a finished search's summary
+ARCH_PARAMS_FILE = "arch_params.npz"  # a finished search's final θ (and Π)
 SEARCH_STATE_FILE = "search_state.ckpt"
 SEARCH_LOG_FILE = "search_log.jsonl"
 TRAIN_LOG_FILE = "train_log.jsonl"

@@ -111,20 +111,20 @@ class AblationRow:
 
 
 def read_row(name: str, run_dir: str) -> AblationRow:
-    """What a finished search run folder says (config.yaml + summary.json)."""
+    """What a finished search run folder says (config.yaml + summary.json, through the one
+    reader of a search folder)."""
+    from src.search.folder import read_search_folder
+
     row = AblationRow(config=name, run_dir=run_dir)
-    cfg_path = os.path.join(run_dir, CONFIG_FILE)
-    if os.path.isfile(cfg_path):
-        cfg = read_yaml(cfg_path)
-        row.m = (cfg.get("proposal") or {}).get("m")
-        row.vital_priori = (cfg.get("search") or {}).get("vital_priori")
-        row.sampler = (cfg.get("search") or {}).get("sampler")
-    summ_path = os.path.join(run_dir, SUMMARY_FILE)
-    if not os.path.isfile(summ_path):
-        row.status = "no summary.json"
+    folder = read_search_folder(run_dir, log=False) if os.path.isdir(run_dir) else None
+    cfg = (folder.config if folder else None) or {}
+    row.m = (cfg.get("proposal") or {}).get("m")
+    row.vital_priori = (cfg.get("search") or {}).get("vital_priori")
+    row.sampler = (cfg.get("search") or {}).get("sampler")
+    s = folder.summary if folder else None
+    if s is None:
+        row.status = f"no {SUMMARY_FILE}"
         return row
-    with open(summ_path, encoding="utf-8") as f:
-        s = json.load(f)
     row.targets = {k: float(v) for k, v in (s.get("targets") or {}).items()}
     row.achieved = {k: float(v) for k, v in (s.get("achieved") or {}).items()}
     row.relative_error = {k: float(v) for k, v in (s.get("relative_error") or {}).items()}

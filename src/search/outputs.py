@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from src.checkpoint import atomic_write, atomic_write_text
-from src.rundir import ARCH_FILE, SUMMARY_FILE, searched_arch_name
+from src.rundir import ARCH_FILE, ARCH_PARAMS_FILE, SUMMARY_FILE, searched_arch_name
 from src.runlog import log
 from src.config import format_size
 from src.resource import count
@@ -55,7 +55,7 @@ def write_outputs(run, stage, result: Derivation) -> dict:
         atomic_write_text(run.path(ARCH_FILE),
                           f"# Searched by HourNAS in {space.name}\n" + arch_to_yaml(arch_rec))
         atomic_write_text(run.path(SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
-        atomic_write(run.path("arch_params.npz"),
+        atomic_write(run.path(ARCH_PARAMS_FILE),
                      lambda tmp: np.savez(tmp, **{k: v for k, v in arch.values().items()}))
         from src.analysis.report import draw_search_pictures  # the one drawer (analysis)
         draw_search_pictures(run.out)
