@@ -309,7 +309,11 @@ def _read_raw(path: str, choice_func=None) -> tuple[dict, str]:
     unreadable = f"checkpoint '{path}' is unreadable (truncated or not a MindSpore checkpoint)"
     try:
         return ms.load_checkpoint(path, choice_func=choice_func), unreadable
-    except (ValueError, RuntimeError, TypeError, OSError) as e:
+    except ValueError as e:
+        if choice_func is not None and "empty after filter" in str(e):
+            return {}, unreadable  # readable, but holds none of the chosen entries
+        raise CheckpointError(unreadable) from e
+    except (RuntimeError, TypeError, OSError) as e:
         raise CheckpointError(unreadable) from e
 
 
