@@ -22,8 +22,8 @@ PASSIVE_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}  # PyTorch's OpenMP busy-waits othe
 class Worker:
     """A worker process speaking JSON lines on stdin/stdout (its stderr goes to ours)."""
 
-    def __init__(self, argv: list[str], threads: int):
-        env = dict(os.environ, **PASSIVE_ENV, OMP_NUM_THREADS=str(threads))
+    def __init__(self, argv: list[str], threads: int, env: dict[str, str] | None = None):
+        env = dict(os.environ, **PASSIVE_ENV, OMP_NUM_THREADS=str(threads), **(env or {}))
         self.proc = subprocess.Popen([sys.executable] + argv, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env)
         first = self._read()

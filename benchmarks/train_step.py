@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py [--arch config/arch/fbnet_b.yaml] [--batch_size 64]
                                     [--steps 20] [--round_steps 2] [--amp_level O0]
+                                    [--depthwise auto|native|banded|both] [--threads N]
                                     [--device_target CPU] [--json]
 
 The network is the architecture re-sized to CIFAR (input 32x32, 10 classes; the layers as in
@@ -9,7 +10,12 @@ the file), trained on a fixed random batch with the trainer's own step (src.trai
 one graph, compiled once; ``--amp_level`` O1/O2/O3 as ``train.amp_level``, GPU/Ascend only).
 When PyTorch is importable, the same network is built from the same layer plans in PyTorch
 (eager; benchmarks/torch_twin.torch_net, its parameter count checked against ours) and timed
-the same way, and the ratio is printed; otherwise that half is skipped with a message. On GPU
+the same way, and the ratio is printed; otherwise that half is skipped with a message.
+``--depthwise`` chooses the depthwise convolutions' weight gradient (``src.ops``: auto, the
+project's choice; native, MindSpore's; banded, ``DepthwiseConv2d``'s batched products);
+``both`` times a MindSpore worker of each, in the same alternating rounds, and prints their
+ratio. ``--threads`` (default: this machine's CPU count) sets both frameworks' threads: 1 is
+what each step of ``analyze.py compare --jobs 2`` gets. On GPU
 the PyTorch half runs on CUDA (autocast float16 when --amp_level is not O0) when PyTorch has
 CUDA, else it is skipped; on Ascend it is skipped.
 
@@ -42,6 +48,7 @@ import numpy as np  # noqa: E402
 from benchmarks.harness import Worker, interleave, median, serve  # noqa: E402
 from src.cli import emit_json, log, run_main  # noqa: E402
 from src.errors import HourNASError  # noqa: E402
+from src.ops import DEPTHWISE_CHOICES, DEPTHWISE_ENV  # noqa: E402
 
 AMP_LEVELS = ("O0", "O1", "O2", "O3")
 
@@ -64,7 +71,10 @@ def parser():
     p.add_argument("--no_torch", action="store_true", help="skip the PyTorch twin")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--debug", action="store_true")
-    p.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--depthwise", default="auto", choices=DEPTHWISE_CHOICES + ("both",),
+                   help="depthwise weight gradient (default auto; both: native and banded)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads of each framework (default: this machine's CPU count)")
     p.add_argument("--worker", choices=("mindspore", "pytorch"), default=None,
                    help=argparse.SUPPRESS)
     return p
@@ -126,6 +136,8 @@ def mindspore_worker(args) -> int:
         ms.set_seed(0)
         p = TrainParams()
         net = create_model(arch)
+        from src.ops import DepthwiseConv2d
+        banded = sum(isinstance(c, DepthwiseConv2d) for _, c in net.cells_and_names())
         if amp != "O0":
             net = ms.amp.auto_mixed_precision(net, amp)
         scaled = amp != "O0"
@@ -139,7 +151,7 @@ def mindspore_worker(args) -> int:
         return {"framework": "mindspore", "version": ms.__version__,
                 "device_target": facts["device_target"], "threads": facts["threads"],
                 "amp_level": amp, "first_step_s": first, "warmup_s": warm,
-                "graphs": len(cell.compile_cache)}
+                "graphs": len(cell.compile_cache), "banded": banded}
 
     return serve(setup, lambda req: {"times": _timed(state["step"], int(req["steps"]))})
 
@@ -228,7 +240,9 @@ def main(args) -> int:
     arch = resized(args.arch, args.image_size, args.num_classes)
     from src.context import _cpu_count
     from src.resource import count
-    threads = _cpu_count()
+    threads = args.threads or _cpu_count()
+    if threads < 1:
+        raise HourNASError(f"--threads must be >= 1, got {threads}")
     c = count(arch)
     rounds = math.ceil(args.steps / args.round_steps)
     log(f"{arch.name}: {c['params'] / 1e6:.2f}M params, {c['flops'] / 1e6:.1f}M FLOPs/image, "
@@ -241,12 +255,18 @@ def main(args) -> int:
               "--num_classes", str(args.num_classes), "--amp_level", args.amp_level,
               "--device_target", args.device_target, "--threads", str(threads)]
     workers = {}
+    kinds = ("native", "banded") if args.depthwise == "both" else (args.depthwise,)
+    names = {k: "mindspore" if len(kinds) == 1 else f"mindspore_{k}" for k in kinds}
     try:
-        log("MindSpore: building the step and compiling it (first step) ...")
-        workers["mindspore"] = Worker(common + ["--worker", "mindspore"], threads)
-        ms_ready = workers["mindspore"].ready
-        log(f"MindSpore {ms_ready['version']} ready: first step incl. compile "
-            f"{ms_ready['first_step_s']:.1f} s, next two {ms_ready['warmup_s']:.2f} s")
+        for kind, name in names.items():
+            log(f"MindSpore (depthwise gradient: {kind}): building the step and compiling it "
+                f"(first step) ...")
+            workers[name] = Worker(common + ["--worker", "mindspore"], threads,
+                                   env={DEPTHWISE_ENV: kind})
+            ms_ready = workers[name].ready
+            log(f"MindSpore {ms_ready['version']} ready: first step incl. compile "
+                f"{ms_ready['first_step_s']:.1f} s, next two {ms_ready['warmup_s']:.2f} s; "
+                f"depthwise convolutions with the banded gradient: {ms_ready['banded']}")
         if why_no_torch is None:
             workers["pytorch"] = Worker(common + ["--worker", "pytorch"], threads)
             t_ready = workers["pytorch"].ready
@@ -270,11 +290,19 @@ def main(args) -> int:
     loads = res["load_avg_1min"]
     times = {name: [t for a in answers for t in a["times"]]
              for name, answers in res["answers"].items()}
-    ms_r = figures(workers["mindspore"].ready, times["mindspore"], args.batch_size)
-    log(f"MindSpore graph-mode step: {ms_r['images_per_s']:.1f} images/s "
-        f"({ms_r['step_s'] * 1e3:.0f} ms/step; first step incl. compile "
-        f"{ms_r['first_step_s']:.1f} s; compiled graphs {ms_r['graphs']}; "
-        f"{ms_r['threads']} threads; amp {ms_r['amp_level']}); load average {_fmt_load(loads)}")
+    ms_all = {}
+    for kind, name in names.items():
+        ms_all[kind] = r = figures(workers[name].ready, times[name], args.batch_size)
+        log(f"MindSpore graph-mode step (depthwise {kind}): {r['images_per_s']:.1f} images/s "
+            f"({r['step_s'] * 1e3:.0f} ms/step; first step incl. compile "
+            f"{r['first_step_s']:.1f} s; compiled graphs {r['graphs']}; "
+            f"{r['threads']} threads; amp {r['amp_level']}); load average {_fmt_load(loads)}")
+    ms_r = ms_all[kinds[-1]]
+    banded_vs_native = None
+    if len(kinds) == 2:
+        banded_vs_native = ms_all["banded"]["images_per_s"] / ms_all["native"]["images_per_s"]
+        log(f"banded / native depthwise gradient throughput: {banded_vs_native:.2f}x "
+            f"(load average {_fmt_load(loads)})")
     torch_r = None
     if "pytorch" in times:
         torch_r = figures(workers["pytorch"].ready, times["pytorch"], args.batch_size)
@@ -284,12 +312,15 @@ def main(args) -> int:
             f"load average {_fmt_load(loads)}")
     ratio = ms_r["images_per_s"] / torch_r["images_per_s"] if torch_r else None
     if ratio is not None:
-        log(f"MindSpore / PyTorch throughput: {ratio:.2f}x (load average {_fmt_load(loads)})")
+        log(f"MindSpore{' (banded)' if len(kinds) == 2 else ''} / PyTorch throughput: "
+            f"{ratio:.2f}x (load average {_fmt_load(loads)})")
     if args.json:
         emit_json({"arch": arch.name, "batch_size": args.batch_size, "params": c["params"],
                    "flops": c["flops"], "device_target": args.device_target,
                    "threads": threads, "steps": args.steps, "rounds": rounds,
                    "mindspore": ms_r, "pytorch": torch_r, "ratio": ratio,
+                   "depthwise": {k: ms_all[k] for k in kinds},
+                   "banded_vs_native": banded_vs_native,
                    "pytorch_skipped": why_no_torch, "load_avg_1min": loads})
     return 0
 

@@ -60,6 +60,11 @@ def set_mode(mode: str) -> None:
         _state["mode"] = mode
 
 
+def context_facts() -> dict[str, Any]:
+    """The facts of this process's ``setup_context`` (empty before it ran)."""
+    return dict(_state)
+
+
 def _cpu_count() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))

@@ -6,10 +6,16 @@ counts, so structure is decided in one place. Nothing here has Python side effec
 """
 from __future__ import annotations
 
+import os
+
+import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
-from mindspore.common.initializer import HeNormal, Normal
+from mindspore import Parameter
+from mindspore.common.initializer import HeNormal, Normal, initializer
 
+from src.context import context_facts
+from src.errors import HourNASError
 from src.space.plan import ConvSpec, LayerPlan, SESpec
 
 
@@ -17,14 +23,109 @@ def activation(name: str) -> nn.Cell:
     return {"relu": nn.ReLU, "relu6": nn.ReLU6, "swish": nn.SiLU}[name]()
 
 
+def conv_init():
+    return HeNormal(mode="fan_out", nonlinearity="relu")
+
+
+DEPTHWISE_ENV = "HOURNAS_DEPTHWISE"
+DEPTHWISE_CHOICES = ("auto", "native", "banded")
+BANDED_MIN_SIZE = 16   # stride-1 depthwise convolutions at >= 16x16: where the native one stalled
+
+
+def banded_depthwise() -> bool:
+    """Whether stride-1 depthwise convolutions at 16x16 or more built now take
+    ``DepthwiseConv2d``'s weight gradient instead of MindSpore's native one (smaller ones, and
+    stride 2, did not stall and keep the native one, faster there).
+
+    ``auto`` (the default): on CPU, in graph mode, with one op thread (the per-core steps of
+    ``analyze.py compare --jobs 2``, msrun's workers on this machine). There the native
+    gradient kernel stalls for seconds a call whenever another process shares the cores: the
+    default's derived net trained 10x faster with the banded one at a load of 4, and 1.04x
+    faster with the other core idle. With two threads the native one is faster on an idle
+    machine (0.85x) and slower on a busy one (1.09x), and in PyNative it is faster: those keep
+    it (``benchmarks/train_step.py --depthwise both``, ``benchmarks/depthwise.py``;
+    docs/search_engine.md). ``HOURNAS_DEPTHWISE=native|banded`` forces either."""
+    choice = os.environ.get(DEPTHWISE_ENV, "auto").strip().lower() or "auto"
+    if choice not in DEPTHWISE_CHOICES:
+        raise HourNASError(f"{DEPTHWISE_ENV}={os.environ[DEPTHWISE_ENV]!r} is not one of "
+                           f"{', '.join(DEPTHWISE_CHOICES)}")
+    if choice != "auto":
+        return choice == "banded"
+    return (ms.get_context("device_target") == "CPU"
+            and ms.get_context("mode") == ms.GRAPH_MODE
+            and context_facts().get("threads") == 1)
+
+
+def banded_weight_grad(x, dout, k: int, stride: int, pad: int):
+    """d loss / d w of a depthwise convolution (w: C x 1 x k x k) from its input ``x`` and
+    output gradient ``dout``, as k batched matrix products instead of oneDNN's kernel:
+
+        dw[c, i, j] = Σ_{n,h,v} dout[n, c, h, v] · xp[n, c, h·s + i, v·s + j]
+
+    For kernel row i, M_c = dout_c (Wo x N·Ho) @ rows_i(xp_c) (N·Ho x Wp) holds every
+    dout-column x padded-column product; the taps j are its bands v·s + j, read as a strided
+    slice of the flattened M (step Wp + s)."""
+    n, c, _, _ = x.shape
+    ho, wo = dout.shape[2], dout.shape[3]
+    xp = ops.pad(x, (pad, pad, pad, pad)).transpose(1, 0, 2, 3)        # C N Hp Wp
+    wp = xp.shape[3]
+    d = dout.transpose(1, 3, 0, 2).reshape(c, wo, n * ho)              # C Wo (N Ho)
+    step, span = wp + stride, (wo - 1) * (wp + stride) + 1
+    taps = []
+    for i in range(k):
+        rows = xp[:, :, i:i + stride * (ho - 1) + 1:stride, :].reshape(c, n * ho, wp)
+        m = ops.bmm(d, rows).reshape(c, wo * wp)                       # C (Wo Wp)
+        for j in range(k):
+            taps.append(m[:, j:j + span:step].sum(1))
+    return ops.stack(taps, 1).reshape(c, 1, k, k)
+
+
+class _DepthwiseFn(nn.Cell):
+    """y = depthwise conv(x, w); backward: the native input gradient, the banded weight one."""
+
+    def __init__(self, channels: int, k: int, stride: int):
+        super().__init__()
+        self.k, self.stride, self.pad = k, stride, k // 2
+        self.conv = ops.Conv2D(channels, k, pad_mode="pad", pad=k // 2, stride=stride,
+                               group=channels)
+        self.input_grad = ops.Conv2DBackpropInput(channels, k, pad_mode="pad", pad=k // 2,
+                                                  stride=stride, group=channels)
+
+    def construct(self, x, w):
+        return self.conv(x, w)
+
+    def bprop(self, x, w, out, dout):
+        dx = self.input_grad(dout, w, x.shape)
+        return dx, banded_weight_grad(x, dout, self.k, self.stride, self.pad)
+
+
+class DepthwiseConv2d(nn.Cell):
+    """A depthwise ``nn.Conv2d`` (groups = channels, no bias, 'pad' k // 2) with the banded
+    weight gradient: the same parameter (``weight``, C x 1 x k x k, same init), so checkpoints
+    and exports are those of ``nn.Conv2d``; outputs identical, gradients equal to ~1e-6."""
+
+    def __init__(self, channels: int, k: int, stride: int):
+        super().__init__()
+        self.weight = Parameter(initializer(conv_init(), (channels, 1, k, k)), name="weight")
+        self.fn = _DepthwiseFn(channels, k, stride)
+
+    def construct(self, x):
+        return self.fn(x, self.weight)
+
+
 class ConvBNAct(nn.Cell):
     """Conv (+ BN) (+ activation) from a :class:`ConvSpec`."""
 
     def __init__(self, spec: ConvSpec):
         super().__init__()
-        self.conv = nn.Conv2d(spec.cin, spec.cout, spec.k, stride=spec.stride, pad_mode="pad",
-                              padding=spec.padding, group=spec.groups, has_bias=spec.bias,
-                              weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
+        depthwise = spec.groups > 1 and spec.groups == spec.cin == spec.cout and not spec.bias
+        if (depthwise and spec.stride == 1 and spec.h_out >= BANDED_MIN_SIZE
+                and banded_depthwise()):
+            self.conv = DepthwiseConv2d(spec.cin, spec.k, spec.stride)
+        else:
+            self.conv = nn.Conv2d(spec.cin, spec.cout, spec.k, stride=spec.stride,
+                                  pad_mode="pad", padding=spec.padding, group=spec.groups,
+                                  has_bias=spec.bias, weight_init=conv_init())
         self.bn = nn.BatchNorm2d(spec.cout, momentum=0.9) if spec.bn else None
         self.act = activation(spec.act) if spec.act else None
 
@@ -55,9 +156,9 @@ class SqueezeExcite(nn.Cell):
     def __init__(self, spec: SESpec):
         super().__init__()
         self.reduce = nn.Conv2d(spec.channels, spec.reduced, 1, has_bias=spec.bias,
-                                weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
+                                weight_init=conv_init())
         self.expand = nn.Conv2d(spec.reduced, spec.channels, 1, has_bias=spec.bias,
-                                weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
+                                weight_init=conv_init())
         self.act = activation(spec.act)
         self.gate = nn.Sigmoid()
 

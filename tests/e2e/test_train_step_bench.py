@@ -53,3 +53,29 @@ def test_a_worker_that_cannot_start_is_one_error_line():
     assert f"error: device target '{missing}' is not available here" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: a benchmark worker ended (exit 2); its error is above")
+
+
+def test_both_depthwise_gradients_are_timed():
+    """--depthwise both: a worker of each kind; the banded one holds DepthwiseConv2d's, the
+    native one none, and the ratio is theirs."""
+    r = last_json(run_cli("benchmarks/train_step.py", "--steps", "2", "--round_steps", "1",
+                          "--batch_size", "2", "--image_size", "32", "--no_torch",
+                          "--threads", "1", "--depthwise", "both", "--json").stdout)
+    native, banded = r["depthwise"]["native"], r["depthwise"]["banded"]
+    assert native["banded"] == 0 and banded["banded"] > 0
+    assert native["threads"] == banded["threads"] == r["threads"] == 1
+    assert native["timed_steps"] == banded["timed_steps"] == 2
+    assert r["banded_vs_native"] == pytest.approx(banded["images_per_s"]
+                                                  / native["images_per_s"])
+
+
+def test_depthwise_benchmark_checks_and_times_both():
+    r = last_json(run_cli("benchmarks/depthwise.py", "--sizes", "16", "--channels", "4",
+                          "--kernels", "3", "--strides", "1,2", "--repeats", "1",
+                          "--batch_size", "2", "--threads", "1", "--json").stdout)
+    assert r["mode"] == "graph" and r["threads"] == 1
+    assert [(row["size"], row["stride"]) for row in r["rows"]] == [(16, 1), (16, 2)]
+    for row in r["rows"]:
+        assert row["native_ms"] > 0 and row["banded_ms"] > 0
+        assert row["speedup"] == pytest.approx(row["native_ms"] / row["banded_ms"])
+        assert row["weight_grad_rel_err"] < 1e-4

@@ -1,0 +1,138 @@
+"""DepthwiseConv2d (src/ops.py): the depthwise convolution with the banded weight gradient is
+the native one in everything but speed: same outputs, same input gradient, the same weight
+gradient to float rounding, the same parameter, so checkpoints and exports do not change."""
+import numpy as np
+import pytest
+
+import mindspore as ms
+from mindspore import Tensor, nn
+
+import src.ops as ops_module
+from src.errors import HourNASError
+from src.ops import DEPTHWISE_ENV, ConvBNAct, DepthwiseConv2d, banded_depthwise
+from src.space.plan import ConvSpec
+
+
+class _Loss(nn.Cell):
+    def __init__(self, net, r):
+        super().__init__()
+        self.net, self.r = net, r
+
+    def construct(self, x):
+        return (self.net(x) * self.r).sum()
+
+
+def _grads(net, x, r, jit: bool):
+    fn = ms.value_and_grad(_Loss(net, r), grad_position=0, weights=net.trainable_params())
+    loss, (dx, (dw,)) = (ms.jit(fn) if jit else fn)(x)
+    return loss.asnumpy(), dx.asnumpy(), dw.asnumpy()
+
+
+def _pair(c: int, k: int, stride: int):
+    native = nn.Conv2d(c, c, k, stride=stride, pad_mode="pad", padding=k // 2, group=c,
+                       has_bias=False)
+    banded = DepthwiseConv2d(c, k, stride)
+    banded.weight.set_data(native.weight.data.copy())
+    return native, banded
+
+
+# (batch, channels, size, kernel, stride): odd and even sizes, where the last window of a
+# stride-2 convolution ends inside the padding and where it does not
+SHAPES = [(2, 3, 7, 3, 1), (2, 3, 7, 3, 2), (3, 4, 8, 5, 2), (2, 5, 6, 7, 1), (1, 2, 5, 5, 2),
+          (2, 3, 9, 7, 2), (4, 6, 4, 5, 1)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "n{}c{}h{}k{}s{}".format(*s))
+def test_matches_native_convolution(shape):
+    n, c, h, k, s = shape
+    rng = np.random.default_rng(sum(shape))
+    x = Tensor(rng.standard_normal((n, c, h, h)).astype(np.float32))
+    native, banded = _pair(c, k, s)
+    y = native(x)
+    np.testing.assert_array_equal(banded(x).asnumpy(), y.asnumpy())
+    r = Tensor(rng.standard_normal(y.shape).astype(np.float32))
+    loss_n, dx_n, dw_n = _grads(native, x, r, jit=False)
+    loss_b, dx_b, dw_b = _grads(banded, x, r, jit=False)
+    assert loss_b == loss_n
+    np.testing.assert_array_equal(dx_b, dx_n)        # the native input gradient
+    assert np.abs(dw_b - dw_n).max() <= 1e-5 * np.abs(dw_n).max()
+    # a wrong tap order or a band off by one is far beyond rounding
+    assert np.abs(dw_n).max() > 1e-3
+
+
+def test_matches_native_convolution_compiled():
+    """Under ms.jit (the trainer's graph mode) the custom backward is the one compiled."""
+    rng = np.random.default_rng(1)
+    x = Tensor(rng.standard_normal((2, 4, 9, 9)).astype(np.float32))
+    for s in (1, 2):
+        native, banded = _pair(4, 5, s)
+        r = Tensor(rng.standard_normal(native(x).shape).astype(np.float32))
+        _, dx_n, dw_n = _grads(native, x, r, jit=True)
+        _, dx_b, dw_b = _grads(banded, x, r, jit=True)
+        np.testing.assert_array_equal(dx_b, dx_n)
+        assert np.abs(dw_b - dw_n).max() <= 1e-5 * np.abs(dw_n).max()
+
+
+def test_same_parameter_as_native(monkeypatch):
+    """A depthwise ConvBNAct holds the same parameters (names, shapes, initial values for the
+    same seed) with either gradient: checkpoints load across the two."""
+    spec = ConvSpec(cin=6, cout=6, k=3, stride=1, h_out=16, groups=6, act="relu")
+    built = {}
+    for kind in ("native", "banded"):
+        monkeypatch.setenv(DEPTHWISE_ENV, kind)
+        ms.set_seed(3)
+        cell = ConvBNAct(spec)
+        built[kind] = {p.name: p.asnumpy() for p in cell.get_parameters()}
+        assert isinstance(cell.conv, DepthwiseConv2d) == (kind == "banded")
+    assert list(built["native"]) == list(built["banded"])
+    for name, value in built["native"].items():
+        np.testing.assert_array_equal(built["banded"][name], value)
+
+
+def test_only_depthwise_convolutions_switch(monkeypatch):
+    monkeypatch.setenv(DEPTHWISE_ENV, "banded")
+    grouped = ConvBNAct(ConvSpec(cin=8, cout=8, k=1, stride=1, h_out=4, groups=2))
+    dense = ConvBNAct(ConvSpec(cin=4, cout=8, k=3, stride=2, h_out=4))
+    assert not isinstance(grouped.conv, DepthwiseConv2d)
+    assert not isinstance(dense.conv, DepthwiseConv2d)
+
+
+def test_small_and_strided_stay_native(monkeypatch):
+    """The native gradient did not stall at stride 2 or below 16x16, and is faster there
+    (benchmarks/depthwise.py)."""
+    monkeypatch.setenv(DEPTHWISE_ENV, "banded")
+    for stride, h_out, banded in ((2, 16, False), (1, 14, False), (1, 16, True)):
+        cell = ConvBNAct(ConvSpec(cin=6, cout=6, k=3, stride=stride, h_out=h_out, groups=6))
+        assert isinstance(cell.conv, DepthwiseConv2d) is banded
+
+
+def test_choice(monkeypatch):
+    monkeypatch.setenv(DEPTHWISE_ENV, "native")
+    assert banded_depthwise() is False
+    monkeypatch.setenv(DEPTHWISE_ENV, "banded")
+    assert banded_depthwise() is True
+    monkeypatch.delenv(DEPTHWISE_ENV)
+    mode = ms.get_context("mode")
+    try:
+        for threads, graph, pynative in ((1, True, False), (2, False, False)):
+            monkeypatch.setattr(ops_module, "context_facts", lambda: {"threads": threads})
+            ms.set_context(mode=ms.GRAPH_MODE)
+            assert banded_depthwise() is graph     # CPU graph mode at one thread: banded
+            ms.set_context(mode=ms.PYNATIVE_MODE)
+            assert banded_depthwise() is pynative  # PyNative: the native one is faster
+    finally:
+        ms.set_context(mode=mode)
+    monkeypatch.setenv(DEPTHWISE_ENV, "fast")
+    with pytest.raises(HourNASError, match="HOURNAS_DEPTHWISE='fast' is not one of auto"):
+        banded_depthwise()
+
+
+def test_exports_like_native(tmp_path):
+    """MINDIR export and load of the Cell give the forward convolution's outputs exactly."""
+    rng = np.random.default_rng(2)
+    x = Tensor(rng.standard_normal((2, 4, 16, 16)).astype(np.float32))
+    _, banded = _pair(4, 3, 1)
+    path = str(tmp_path / "dw")
+    ms.export(banded, x, file_name=path, file_format="MINDIR")
+    loaded = nn.GraphCell(ms.load(path + ".mindir"))
+    np.testing.assert_array_equal(loaded(x).asnumpy(), banded(x).asnumpy())
