@@ -39,12 +39,13 @@ def banded_depthwise() -> bool:
 
     ``auto`` (the default): on CPU, in graph mode, with one op thread (the per-core steps of
     ``analyze.py compare --jobs 2``, msrun's workers on this machine). There the native
-    gradient kernel stalls for seconds a call whenever another process shares the cores: the
-    default's derived net trained 10x faster with the banded one at a load of 4, and 1.04x
-    faster with the other core idle. With two threads the native one is faster on an idle
-    machine (0.85x) and slower on a busy one (1.09x), and in PyNative it is faster: those keep
-    it (``benchmarks/train_step.py --depthwise both``, ``benchmarks/depthwise.py``;
-    docs/search_engine.md). ``HOURNAS_DEPTHWISE=native|banded`` forces either."""
+    gradient kernel stalls for seconds a call whenever another process shares the cores:
+    the default's derived net trained 10x faster with the banded one beside a busy process on
+    its core, and 1.04x faster with the other core idle. With two threads the native one is
+    faster on an idle machine (0.85x) and slower on a busy one (1.09x), and in PyNative it is
+    faster: those keep it (``benchmarks/train_step.py --depthwise both``,
+    ``benchmarks/depthwise.py``; docs/search_engine.md). ``HOURNAS_DEPTHWISE=native|banded``
+    forces either."""
     choice = os.environ.get(DEPTHWISE_ENV, "auto").strip().lower() or "auto"
     if choice not in DEPTHWISE_CHOICES:
         raise HourNASError(f"{DEPTHWISE_ENV}={os.environ[DEPTHWISE_ENV]!r} is not one of "
@@ -102,7 +103,8 @@ class _DepthwiseFn(nn.Cell):
 class DepthwiseConv2d(nn.Cell):
     """A depthwise ``nn.Conv2d`` (groups = channels, no bias, 'pad' k // 2) with the banded
     weight gradient: the same parameter (``weight``, C x 1 x k x k, same init), so checkpoints
-    and exports are those of ``nn.Conv2d``; outputs identical, gradients equal to ~1e-6."""
+    and exports are those of ``nn.Conv2d``; outputs identical, weight gradients equal to ~1e-7
+    relative."""
 
     def __init__(self, channels: int, k: int, stride: int):
         super().__init__()
