@@ -8,7 +8,7 @@ banded weight gradient of ``src.ops.DepthwiseConv2d``, per shape, in one process
 Each shape builds both Cells with the same weight, checks that their gradients agree, then
 times ``value_and_grad`` (input and weight gradients; compiled with ``ms.jit`` in graph mode)
 alternately, ``--repeats`` times each after one untimed call, and prints the medians, their
-ratio and the 1-minute load average. This is what ``src.ops.banded_depthwise`` decides on:
+ratio and the 1-minute load average. This is what ``src.ops.banded_depthwise``'s rule rests on:
 docs/search_engine.md has the table.
 """
 from __future__ import annotations
@@ -76,7 +76,6 @@ def _timer(net, x, r, jit: bool):
 
 
 def measure(n: int, c: int, h: int, k: int, s: int, repeats: int, jit: bool) -> dict:
-    import mindspore as ms
     from mindspore import Tensor, nn
 
     from src.ops import DepthwiseConv2d
@@ -102,7 +101,6 @@ def measure(n: int, c: int, h: int, k: int, s: int, repeats: int, jit: bool) -> 
             call()
             times[name].append(time.perf_counter() - t0)
     med = {name: float(np.median(t)) for name, t in times.items()}
-    del ms
     return {"batch": n, "channels": c, "size": h, "k": k, "stride": s,
             "native_ms": 1e3 * med["native"], "banded_ms": 1e3 * med["banded"],
             "speedup": med["native"] / med["banded"], "weight_grad_rel_err": err,

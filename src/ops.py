@@ -32,26 +32,29 @@ DEPTHWISE_CHOICES = ("auto", "native", "banded")
 BANDED_MIN_SIZE = 16   # stride-1 depthwise convolutions at >= 16x16: where the native one stalled
 
 
-def banded_depthwise() -> bool:
-    """Whether stride-1 depthwise convolutions at 16x16 or more built now take
-    ``DepthwiseConv2d``'s weight gradient instead of MindSpore's native one (smaller ones, and
-    stride 2, did not stall and keep the native one, faster there).
+def banded_depthwise(spec: ConvSpec) -> bool:
+    """Whether the convolution of ``spec``, built now, takes ``DepthwiseConv2d``'s weight
+    gradient instead of MindSpore's native one. Only a stride-1 depthwise convolution at 16x16
+    or more can (smaller ones, and stride 2, did not stall and keep the native one, faster
+    there).
 
     ``auto`` (the default): on CPU, in graph mode, with one op thread (the per-core steps of
     ``analyze.py compare --jobs 2``, msrun's workers on this machine). There the native
     gradient kernel stalls for seconds a call whenever another process shares the cores:
     the default's derived net trained 10x faster with the banded one beside a busy process on
-    its core, and 1.04x faster with the other core idle. With two threads the native one is
-    faster on an idle machine (0.85x) and slower on a busy one (1.09x), and in PyNative it is
-    faster: those keep it (``benchmarks/train_step.py --depthwise both``,
-    ``benchmarks/depthwise.py``; docs/search_engine.md). ``HOURNAS_DEPTHWISE=native|banded``
-    forces either."""
+    its core, 1.06x with the other core idle. Two threads keep the native one for now (the
+    banded one measured 1.18-1.27x there too; extending the rule is open, see
+    docs/search_engine.md); in PyNative the native one is faster
+    (``benchmarks/train_step.py --depthwise both``, ``benchmarks/depthwise.py``).
+    ``HOURNAS_DEPTHWISE=native|banded`` forces either."""
     choice = os.environ.get(DEPTHWISE_ENV, "auto").strip().lower() or "auto"
     if choice not in DEPTHWISE_CHOICES:
         raise HourNASError(f"{DEPTHWISE_ENV}={os.environ[DEPTHWISE_ENV]!r} is not one of "
                            f"{', '.join(DEPTHWISE_CHOICES)}")
-    if choice != "auto":
-        return choice == "banded"
+    eligible = (spec.groups > 1 and spec.groups == spec.cin == spec.cout and not spec.bias
+                and spec.stride == 1 and spec.h_out >= BANDED_MIN_SIZE)
+    if not eligible or choice != "auto":
+        return eligible and choice != "native"
     return (ms.get_context("device_target") == "CPU"
             and ms.get_context("mode") == ms.GRAPH_MODE
             and context_facts().get("threads") == 1)
@@ -120,9 +123,7 @@ class ConvBNAct(nn.Cell):
 
     def __init__(self, spec: ConvSpec):
         super().__init__()
-        depthwise = spec.groups > 1 and spec.groups == spec.cin == spec.cout and not spec.bias
-        if (depthwise and spec.stride == 1 and spec.h_out >= BANDED_MIN_SIZE
-                and banded_depthwise()):
+        if banded_depthwise(spec):
             self.conv = DepthwiseConv2d(spec.cin, spec.k, spec.stride)
         else:
             self.conv = nn.Conv2d(spec.cin, spec.cout, spec.k, stride=spec.stride,

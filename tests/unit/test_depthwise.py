@@ -107,24 +107,25 @@ def test_small_and_strided_stay_native(monkeypatch):
 
 
 def test_choice(monkeypatch):
+    spec = ConvSpec(cin=6, cout=6, k=3, stride=1, h_out=16, groups=6)
     monkeypatch.setenv(DEPTHWISE_ENV, "native")
-    assert banded_depthwise() is False
+    assert banded_depthwise(spec) is False
     monkeypatch.setenv(DEPTHWISE_ENV, "banded")
-    assert banded_depthwise() is True
+    assert banded_depthwise(spec) is True
     monkeypatch.delenv(DEPTHWISE_ENV)
     mode = ms.get_context("mode")
     try:
         for threads, graph, pynative in ((1, True, False), (2, False, False)):
             monkeypatch.setattr(ops_module, "context_facts", lambda: {"threads": threads})
             ms.set_context(mode=ms.GRAPH_MODE)
-            assert banded_depthwise() is graph     # CPU graph mode at one thread: banded
+            assert banded_depthwise(spec) is graph     # CPU graph mode at one thread: banded
             ms.set_context(mode=ms.PYNATIVE_MODE)
-            assert banded_depthwise() is pynative  # PyNative: the native one is faster
+            assert banded_depthwise(spec) is pynative  # PyNative: the native one is faster
     finally:
         ms.set_context(mode=mode)
     monkeypatch.setenv(DEPTHWISE_ENV, "fast")
     with pytest.raises(HourNASError, match="HOURNAS_DEPTHWISE='fast' is not one of auto"):
-        banded_depthwise()
+        banded_depthwise(spec)
 
 
 def test_exports_like_native(tmp_path):
