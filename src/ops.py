@@ -30,7 +30,6 @@ def conv_init():
 DEPTHWISE_ENV = "HOURNAS_DEPTHWISE"
 DEPTHWISE_CHOICES = ("auto", "native", "banded")
 BANDED_MIN_SIZE = 16   # stride-1 depthwise convolutions at >= 16x16: where the native one stalled
-BANDED_MAX_THREADS = 2  # measured faster at one and two op threads; more were never measured
 
 
 def banded_depthwise(spec: ConvSpec) -> bool:
@@ -39,14 +38,14 @@ def banded_depthwise(spec: ConvSpec) -> bool:
     or more can (smaller ones, and stride 2, did not stall and keep the native one, faster
     there).
 
-    ``auto`` (the default): on CPU, in graph mode, with one or two op threads (the most this
-    machine has measured). At one thread (the per-core steps of ``analyze.py compare --jobs
-    2``, msrun's workers on this machine) the native gradient kernel stalls for seconds a call
-    whenever another process shares the cores: the default's derived net trained 10x faster
-    with the banded one beside a busy process on its core, 1.06x with the other core idle; at
-    two threads 1.18-1.27x, idle or busy. In PyNative the native one is faster
-    (``benchmarks/train_step.py --depthwise both``, ``benchmarks/depthwise.py``;
-    docs/search_engine.md has the tables).
+    ``auto`` (the default): on CPU, in graph mode, with one op thread (the per-core steps of
+    ``analyze.py compare --jobs 2``, msrun's workers on this machine). There the native
+    gradient kernel stalls for seconds a call whenever another process shares the cores:
+    the default's derived net trained 10x faster with the banded one beside a busy process on
+    its core, 1.06x with the other core idle. Two threads keep the native one for now (the
+    banded one measured 1.18-1.27x there too; extending the rule is open, see
+    docs/search_engine.md); in PyNative the native one is faster
+    (``benchmarks/train_step.py --depthwise both``, ``benchmarks/depthwise.py``).
     ``HOURNAS_DEPTHWISE=native|banded`` forces either."""
     choice = os.environ.get(DEPTHWISE_ENV, "auto").strip().lower() or "auto"
     if choice not in DEPTHWISE_CHOICES:
@@ -58,7 +57,7 @@ def banded_depthwise(spec: ConvSpec) -> bool:
         return eligible and choice != "native"
     return (ms.get_context("device_target") == "CPU"
             and ms.get_context("mode") == ms.GRAPH_MODE
-            and 1 <= (context_facts().get("threads") or 0) <= BANDED_MAX_THREADS)
+            and context_facts().get("threads") == 1)
 
 
 def banded_weight_grad(x, dout, k: int, stride: int, pad: int):
