@@ -90,9 +90,12 @@ class _DepthwiseFn(nn.Cell):
     def __init__(self, channels: int, k: int, stride: int):
         super().__init__()
         self.k, self.stride, self.pad = k, stride, k // 2
-        self.conv = ops.Conv2D(channels, k, pad_mode="pad", pad=k // 2, stride=stride,
+        # kernel and pad as tuples, as nn.Conv2d passes them: MindSpore's ONNX exporter fails
+        # on int attributes ("Cast value from type Int64Imm to ValueTuple failed")
+        kernel, pad = (k, k), (k // 2,) * 4
+        self.conv = ops.Conv2D(channels, kernel, pad_mode="pad", pad=pad, stride=stride,
                                group=channels)
-        self.input_grad = ops.Conv2DBackpropInput(channels, k, pad_mode="pad", pad=k // 2,
+        self.input_grad = ops.Conv2DBackpropInput(channels, kernel, pad_mode="pad", pad=pad,
                                                   stride=stride, group=channels)
 
     def construct(self, x, w):

@@ -1,6 +1,8 @@
 """DepthwiseConv2d (src/ops.py): the depthwise convolution with the banded weight gradient is
 the native one in everything but speed: same outputs, same input gradient, the same weight
 gradient to float rounding, the same parameter, so checkpoints and exports do not change."""
+import os
+
 import numpy as np
 import pytest
 
@@ -137,3 +139,16 @@ def test_exports_like_native(tmp_path):
     ms.export(banded, x, file_name=path, file_format="MINDIR")
     loaded = nn.GraphCell(ms.load(path + ".mindir"))
     np.testing.assert_array_equal(loaded(x).asnumpy(), banded(x).asnumpy())
+
+
+def test_exports_to_onnx(tmp_path):
+    """ONNX export of the Cell goes through (int kernel/pad attributes made MindSpore's
+    exporter fail with "Cast value from type Int64Imm to ValueTuple failed", so ``export.py
+    --file_format both`` failed at one thread, where the Cell is built)."""
+    import mindspore.onnx
+
+    x = Tensor(np.zeros((1, 4, 16, 16), np.float32))
+    _, banded = _pair(4, 5, 1)
+    path = str(tmp_path / "dw.onnx")
+    mindspore.onnx.export(banded, x, file_name=path)
+    assert os.path.getsize(path) > 4 * 5 * 5 * 4   # holds at least the 4 x 1 x 5 x 5 weight
