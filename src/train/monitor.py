@@ -86,11 +86,13 @@ class StateMonitor:
         """Step 1 holds the graph compile; one compiled graph means the lr never recompiled."""
         self.compile_reported = True
         first, rest = self.clock.first, self.clock.later
-        med = float(np.median(rest)) if rest else float("nan")
+        med = float(np.median(rest)) if rest else None
         graphs = len(self.run.step_cell.compile_cache)
-        self.run.log(f"compile: step 1 took {first:.2f} s (graph compile + step), steps "
-                     f"2..{len(self.clock)} {med:.3f} s median; compiled training graphs: "
-                     f"{graphs}" + (" (no recompiles)" if graphs == 1 else " (RECOMPILED)"))
+        later = (f"steps 2..{len(self.clock)} {med:.3f} s median" if rest
+                 else "no later step to compare (a one-step run)")
+        self.run.log(f"compile: step 1 took {first:.2f} s (graph compile + step), {later}; "
+                     f"compiled training graphs: {graphs}"
+                     + (" (no recompiles)" if graphs == 1 else " (RECOMPILED)"))
         self.run.runlog.write(event="compile", global_step=self.run.pos.global_step,
                               first_step_s=first, later_step_s=med, graphs=graphs)
 

@@ -431,6 +431,18 @@ def test_a_short_run_reports_the_compile_at_its_last_step_and_says_when_it_recom
         "compiled training graphs: 2 (RECOMPILED)")
 
 
+def test_a_one_step_run_reports_its_compile_without_a_median(tmp_path):
+    """One step has nothing to compare with: said in words, null in the log (not nan)."""
+    run = fake_run(tmp_path, spe=1, epochs=1, log_every=1)
+    monitor = StateMonitor(run)
+    drive(run, monitor, [1.0], [2.5])
+    comp = records(run, "compile")
+    assert len(comp) == 1 and comp[0]["later_step_s"] is None and comp[0]["first_step_s"] == 2.5
+    assert [m for m in run.log if m.startswith("compile:")] == [
+        "compile: step 1 took 2.50 s (graph compile + step), no later step to compare (a "
+        "one-step run); compiled training graphs: 1 (no recompiles)"]
+
+
 def _png_size(path) -> tuple[int, int]:
     with open(path, "rb") as f:
         head = f.read(24)
