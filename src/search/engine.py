@@ -374,6 +374,10 @@ class SearchRun:
             raise HourNASError(f"'{self.out}' already holds a search ({SEARCH_STATE_FILE}); pass "
                                f"--resume to continue it or choose another --output_dir")
         self.check_batches()
+        data = self.cfg.data
+        if data.augment or data.cutout:
+            log("note: the search reads its training images unaugmented; data.augment and "
+                "data.cutout apply to retraining (train.py), not to the search")
         if self.is_main:  # every check is done: the first write is the folder's lock
             lock_output_dir(self.out, "search")
         os.makedirs(self.out, exist_ok=True)

@@ -72,9 +72,15 @@ def test_derivation_meets_targets_when_possible(full_run):
 # Kill-and-resume (SIGKILL in each stage, SIGTERM, SIGINT, a full disk): tests/e2e/test_faults.py.
 
 
-def test_no_vital_priori_single_stage(tmp_path):
-    summary = last_json(_search(tmp_path, "--no-vital-priori").stdout)
+def test_no_vital_priori_single_stage(tmp_path, full_run):
+    proc = _search(tmp_path, "--no-vital-priori", "--set", "data.augment=true")
+    summary = last_json(proc.stdout)
     assert set(summary["stage_seconds"]) == {"single"}
+    # a search never augments: it says so when the config asks for it (the reference run,
+    # data.augment false, does not)
+    note = "the search reads its training images unaugmented"
+    assert note in proc.stdout + proc.stderr
+    assert note not in full_run[2].stdout + full_run[2].stderr
     assert summary["vital"] == {}
     log = [json.loads(x) for x in open(tmp_path / "search_log.jsonl")]
     assert all(len(r["path"]) == 7 for r in log)
