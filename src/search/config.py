@@ -21,7 +21,9 @@ def check_tau(key: str, value: float | None, low: float = TAU_LOW) -> None:
         raise HourNASError(f"{key} must be a temperature in [{low:g}, {TAU_HIGH:g}], got "
                            f"{value!r}" + (" (below it, logits / tau overflow float32)"
                                            if math.isfinite(value) and 0 < value < low else ""))
-EXECUTORS = ("auto", "eager", "graph")
+# what search.executor may name (src.search.step.EXECUTORS maps the names to the classes;
+# allpath is chosen by search.sampler=gumbel_softmax, not by name)
+EXECUTOR_CHOICES = ("auto", "eager", "graph")
 ORTHOGONALITY = ("cosine", "paper")
 # hournas: Algorithm 1. random: the baseline, architectures drawn uniformly among those that
 # meet the same targets (src.search.random_baseline; no training)
@@ -141,9 +143,9 @@ class SearchParams:
         if self.sampler not in SAMPLERS:
             raise HourNASError(f"unknown search.sampler '{self.sampler}'; valid: "
                                f"{', '.join(SAMPLERS)}")
-        if self.executor not in EXECUTORS:
+        if self.executor not in EXECUTOR_CHOICES:
             raise HourNASError(f"unknown search.executor '{self.executor}'; valid: "
-                               f"{', '.join(EXECUTORS)}")
+                               f"{', '.join(EXECUTOR_CHOICES)}")
         if not 0.0 < self.val_fraction < 1.0:
             raise HourNASError(f"search.val_fraction must be in (0, 1), got {self.val_fraction}")
         check_tau("search.tau", self.tau)
