@@ -42,9 +42,9 @@ def banded_depthwise(spec: ConvSpec) -> bool:
     ``analyze.py compare --jobs 2``, msrun's workers on this machine). There the native
     gradient kernel stalls for seconds a call whenever another process shares the cores:
     the default's derived net trained 10x faster with the banded one beside a busy process on
-    its core, 1.06x with the other core idle. Two threads keep the native one for now (the
-    banded one measured 1.18-1.27x there too; extending the rule is open, see
-    docs/search_engine.md); in PyNative the native one is faster
+    its core, 1.06x with the other core idle. Two threads keep the native one: the banded one
+    measured 1.18-1.27x there on one net but 0.82x on another (docs/search_engine.md); in
+    PyNative the native one is faster
     (``benchmarks/train_step.py --depthwise both``, ``benchmarks/depthwise.py``).
     ``HOURNAS_DEPTHWISE=native|banded`` forces either."""
     choice = os.environ.get(DEPTHWISE_ENV, "auto").strip().lower() or "auto"
