@@ -94,6 +94,7 @@ class SearchParams:
     w_momentum: float = 0.9
     w_weight_decay: float = 4e-5
     arch_lr: float = 0.01
+    arch_lr_nvital: float | None = None  # θ's Adam lr in stage 2 (Π, Θ); null: arch_lr
     arch_weight_decay: float = 0.0
     tau: float = 5.0
     tau_decay: float = 0.9999
@@ -133,6 +134,9 @@ class SearchParams:
         for key in ("w_lr", "arch_lr"):
             if not getattr(self, key) > 0:
                 raise HourNASError(f"search.{key} must be > 0, got {getattr(self, key)}")
+        if self.arch_lr_nvital is not None and not self.arch_lr_nvital > 0:
+            raise HourNASError(f"search.arch_lr_nvital must be > 0 or null (null: "
+                               f"search.arch_lr in both stages), got {self.arch_lr_nvital}")
         if not self.tolerance > 0:
             raise HourNASError(f"search.tolerance must be > 0 (e.g. 0.02 for ±2%), got "
                                f"{self.tolerance}")
@@ -153,6 +157,16 @@ class SearchParams:
             check_tau("search.tau_min", self.tau_min)
         if not 0.0 < self.tau_decay <= 1.0:
             raise HourNASError(f"search.tau_decay must be in (0, 1], got {self.tau_decay}")
+
+    def arch_lr_key(self, stage: str) -> str:
+        """The config key of θ's learning rate in ``stage`` (vital | nonvital | single)."""
+        if stage == "nonvital" and self.arch_lr_nvital is not None:
+            return "search.arch_lr_nvital"
+        return "search.arch_lr"
+
+    def arch_lr_of(self, stage: str) -> float:
+        """θ's (Π, Θ's) Adam learning rate in ``stage``."""
+        return getattr(self, self.arch_lr_key(stage).split(".", 1)[1])
 
     def _validate_strategy(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -179,7 +193,7 @@ class SearchConfig:
 
 # Learning rates a resumed search may change (src.search.state.RESUME_MAY_CHANGE holds them):
 # a diverged run continues from its last good state with a lower rate.
-RESUME_LR_KEYS = ("search.w_lr", "search.arch_lr")
+RESUME_LR_KEYS = ("search.w_lr", "search.arch_lr", "search.arch_lr_nvital")
 
 
 def lower_lr_command(cfg: SearchConfig, output_dir: str, keys: tuple[str, ...]) -> str:

@@ -197,7 +197,7 @@ def build_stage(run: SearchRun, name: str, searched: list[int], fixed: dict[int,
     arch = ArchParams(len(net.searched), num_ops, proposals, sampler=p.sampler)
     sgd = SparseSGD(list(net.trainable_params()), p.w_momentum, p.w_weight_decay)
     shapes = {k: v.shape for k, v in arch.values().items()}
-    adam = HostAdam(shapes, p.arch_lr, weight_decay=p.arch_weight_decay)
+    adam = HostAdam(shapes, p.arch_lr_of(name), weight_decay=p.arch_weight_decay)
     reg = resource_regulariser(run, reg_table) if reg_table is not None else None
     executor = EXECUTORS[run.executor_name](net, arch, sgd, reg=reg,
                                             alpha=p.alpha if reg else 0.0,

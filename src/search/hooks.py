@@ -39,12 +39,14 @@ def check_finite_losses(run, stage, w_loss: float, a_loss: float) -> None:
     lower (:func:`diverged_rate`)."""
     if math.isfinite(w_loss) and math.isfinite(a_loss):
         return
-    st = run.state
+    st, rate = run.state, diverged_rate(stage, w_loss)
+    if rate == "search.arch_lr":  # stage 2 may have its own (search.arch_lr_nvital)
+        rate = run.cfg.search.arch_lr_key(stage.name)
     raise HourNASError(
         f"non-finite loss at {stage.name} epoch {st.epoch + 1} step {st.step + 1} (global step "
         f"{st.global_step + 1}; weight loss {w_loss}, architecture loss {a_loss}); the last "
         f"good state is in {run.path(SEARCH_STATE_FILE)} (global step {run.saved_step}); "
-        + lower_lr_command(run.cfg, run.out, (diverged_rate(stage, w_loss),)))
+        + lower_lr_command(run.cfg, run.out, (rate,)))
 
 
 def diverged_rate(stage, w_loss: float) -> str:
@@ -89,7 +91,7 @@ class StepLogger:
         log(f"{STAGE_LABELS[stage.name]}: {len(stage.net.searched)} searched layers, "
             f"{self.epochs} epoch(s) x {self.steps} steps, batch {run.p.batch_size}"
             + (f" ({run.rank_batch} per rank)" if run.group_size > 1 else "")
-            + f", executor {stage.executor.name}")
+            + f", θ's lr {stage.adam.lr:g}, executor {stage.executor.name}")
 
     def __call__(self, it) -> None:
         run, st = self.run, self.run.state

@@ -31,7 +31,8 @@ from src.search.config import RESUME_LR_KEYS, lower_lr_command
 # The random baseline's keys never apply to a search (and checkpoints older than them lack them).
 RESUME_MAY_CHANGE = ("output_dir", "device_target", "data.path", "data.num_workers",
                      "search.log_every", "search.ckpt_every", "search.w_lr", "search.arch_lr",
-                     "search.strategy", "search.num_archs", "search.random_fix_vital")
+                     "search.arch_lr_nvital", "search.strategy", "search.num_archs",
+                     "search.random_fix_vital")
 _HINT = ("; the space or the config changed since it was written: resume with the same ones, "
          "or start a new search in another --output_dir")
 
@@ -116,7 +117,7 @@ def check_finite_state(run, params: dict, values: dict) -> None:
             f"non-finite values in {len(bad)} tensors (e.g. '{bad[0]}') at {run.state.stage} "
             f"global step {run.state.global_step}; not saved: the last good state stays in "
             f"{run.path(SEARCH_STATE_FILE)}; " + lower_lr_command(
-                run.cfg, run.out, ("search.arch_lr",) if all(
+                run.cfg, run.out, (run.cfg.search.arch_lr_key(run.state.stage),) if all(
                     n in values for n in bad) else ("search.w_lr",)))
 
 

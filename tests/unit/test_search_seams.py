@@ -638,3 +638,39 @@ def test_stop_on_signal_saves_then_raises_stopped(saved_run):
     assert "SIGTERM" in str(e.value) and f"global step {run.state.global_step}" in str(e.value)
     _, extra = load_checkpoint(run.path(SEARCH_STATE_FILE))
     assert SearchState.from_checkpoint(extra["state"], "p") == run.state
+
+
+# ----------------------------------------------------------------------------- θ's lr per stage
+
+
+@pytest.mark.parametrize("nvital_lr, want", [(None, (0.02, 0.02, 0.02)),
+                                             (0.005, (0.02, 0.005, 0.02))])
+def test_stage_2_takes_its_own_arch_lr_when_one_is_set(tiny, nvital_lr, want):
+    from src.search.engine import build_stage
+    cfg, space = tiny
+    p = dataclasses.replace(cfg.search, arch_lr=0.02, arch_lr_nvital=nvital_lr)
+    run = SimpleNamespace(p=p, space=space, executor_name="eager", grad_mean=None)
+    layers = space.vital_layers()
+    got = tuple(build_stage(run, name, layers, {}, None, None, None, 1).adam.lr
+                for name in ("vital", "nonvital", "single"))
+    assert got == want
+
+
+def test_arch_lr_nvital_must_be_positive():
+    SearchParams(arch_lr_nvital=0.01).validate()
+    with pytest.raises(HourNASError, match=r"search.arch_lr_nvital must be > 0 or null"):
+        SearchParams(arch_lr_nvital=0.0).validate()
+
+
+def test_a_diverged_stage_2_with_its_own_arch_lr_names_that_rate(tmp_path):
+    stage = _fake_stage(True, False, name="nonvital")  # weights fine, Π / Θ not
+    run = _hook_run(tmp_path, SearchState(stage="nonvital", global_step=5))
+    run.cfg.search.arch_lr_nvital = 0.004
+    with pytest.raises(HourNASError) as e:
+        check_finite_losses(run, stage, 1.0, NAN)
+    assert "--set search.arch_lr_nvital=0.0004" in str(e.value)
+    vital = _fake_stage(True, False, name="vital")   # stage 1 keeps search.arch_lr
+    with pytest.raises(HourNASError) as e:
+        check_finite_losses(run, vital, 1.0, NAN)
+    assert f"--set search.arch_lr={ARCH_LR / 10:g}" in str(e.value)
+    assert "arch_lr_nvital" not in str(e.value)
