@@ -37,6 +37,9 @@ _HINT = ("; the space or the config changed since it was written: resume with th
          "or start a new search in another --output_dir")
 
 
+STAGES = ("vital", "nonvital", "done")  # SearchState.stage (a run without the priori: nonvital)
+
+
 @dataclass
 class SearchState:
     """Where a run is. Saved inside the checkpoint as JSON (no pickle); the field names are
@@ -78,11 +81,31 @@ class SearchState:
 
     @classmethod
     def from_checkpoint(cls, record: dict, path: str) -> "SearchState":
+        """The state a checkpoint recorded, its keys and value types checked (a damaged or
+        hand-edited record stops the resume here, not steps later)."""
         try:
-            return cls(**record)
+            state = cls(**record)
         except TypeError as e:
-            raise CheckpointError(f"search checkpoint '{path}' has a malformed run state ({e}); "
-                                  f"start a new search in another --output_dir") from None
+            state, problem = None, str(e)
+        else:
+            problem = state._type_problem()
+        if problem:
+            raise CheckpointError(f"search checkpoint '{path}' has a malformed run state "
+                                  f"({problem}); start a new search in another --output_dir")
+        return state
+
+    def _type_problem(self) -> str | None:
+        """What is wrong with the fields' values (None: nothing)."""
+        from dataclasses import fields
+        if self.stage not in STAGES:
+            return f"stage {self.stage!r} is none of {', '.join(STAGES)}"
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and (type(value) is not int or value < 0):
+                return f"{f.name} must be a whole number >= 0, got {value!r}"
+            if f.type == "dict" and not isinstance(value, dict):
+                return f"{f.name} must be a mapping, got {type(value).__name__}"
+        return None
 
 
 def save_state(run, stage) -> None:

@@ -121,6 +121,22 @@ def test_from_checkpoint_refuses_a_record_that_is_not_a_mapping():
         SearchState.from_checkpoint(["vital", 0, 0], "/x/search_state.ckpt")
 
 
+@pytest.mark.parametrize("key, value, says", [
+    ("stage", "stage3", "stage 'stage3' is none of vital, nonvital, done"),
+    ("global_step", "12", "global_step must be a whole number >= 0, got '12'"),
+    ("epoch", 1.5, "epoch must be a whole number >= 0, got 1.5"),
+    ("step", -1, "step must be a whole number >= 0, got -1"),
+    ("val_pos", True, "val_pos must be a whole number >= 0, got True"),
+    ("vital_choices", [1, 2], "vital_choices must be a mapping, got list"),
+])
+def test_from_checkpoint_refuses_a_value_of_the_wrong_type(key, value, says):
+    record = {**_busy_state().__dict__, key: value}
+    with pytest.raises(CheckpointError) as e:
+        SearchState.from_checkpoint(record, "/x/search_state.ckpt")
+    assert "'/x/search_state.ckpt' has a malformed run state (" + says + ")" in str(e.value)
+    SearchState.from_checkpoint(_busy_state().__dict__, "p")  # the unchanged record loads
+
+
 def test_from_checkpoint_fills_fields_an_older_record_lacks_with_their_defaults():
     record = dict(_busy_state().__dict__)
     del record["stage_accuracy"], record["proposals_report"]
