@@ -56,6 +56,10 @@ class CompareConfig:
     random_vital: int = 0           # drawn with the first seed's vital ops fixed
     supernet: bool = True           # score every network on each search's final supernet
     output_dir: str = "runs/compare"
+    # an earlier comparison's output folder: its searches and random draws are taken as they
+    # are (nothing is searched or drawn here) and retrained with this config's recipe, e.g.
+    # the same networks trained longer
+    archs_from: str | None = None
 
     def validate(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -65,6 +69,9 @@ class CompareConfig:
             raise ConfigError("compare seeds and random_seed must be >= 0")
         if self.random < 0 or self.random_vital < 0:
             raise ConfigError("compare 'random' and 'random_vital' must be >= 0")
+        if self.archs_from is not None and not str(self.archs_from).strip():
+            raise ConfigError("compare 'archs_from' must be an earlier comparison's output "
+                              "folder or null")
 
 
 @dataclass
@@ -96,6 +103,7 @@ class Compare:
                  log: Callable[[str], None]):
         self.cfg, self.data_path, self.device, self.log = cfg, data_path, device_target, log
         self.out = os.path.abspath(cfg.output_dir)
+        self.source = os.path.abspath(cfg.archs_from) if cfg.archs_from else self.out
         for what, path in (("search", cfg.search), ("train", cfg.train)):
             if not os.path.isfile(_abs(path)):
                 raise ConfigError(f"compare '{what}' config '{path}' does not exist")
@@ -103,8 +111,25 @@ class Compare:
     def path(self, *parts: str) -> str:
         return os.path.join(self.out, *parts)
 
+    def archs_path(self, *parts: str) -> str:
+        """Where the searches and draws are: this folder, or ``archs_from``'s."""
+        return os.path.join(self.source, *parts)
+
     def search_dir(self, seed: int) -> str:
-        return self.path("search", f"seed{seed}")
+        return self.archs_path("search", f"seed{seed}")
+
+    def check_archs_from(self) -> None:
+        """With ``archs_from``, every search and draw this config names must be there."""
+        if self.source == self.out:
+            return
+        cfg, missing = self.cfg, []
+        missing += [f"search seed {s}" for s in cfg.seeds if not self.search_done(s)]
+        missing += [g for g, k in (("random", cfg.random), ("random_vital", cfg.random_vital))
+                    if k and not self.random_done(g)]
+        if missing:
+            raise HourNASError(f"archs_from '{self.source}' lacks what this comparison "
+                               f"retrains: {', '.join(missing)}; finish that comparison first "
+                               f"(or compare fewer seeds / no random group)")
 
     def common(self) -> list[str]:
         out = ["--data_path", self.data_path] if self.data_path else []
@@ -122,7 +147,7 @@ class Compare:
         k = self.cfg.random if group == "random" else self.cfg.random_vital
         cmd = [sys.executable, _abs("search.py"), "--config", _abs(self.cfg.search),
                "--strategy", "random", "--num_archs", str(k), "--output_dir",
-               self.path(group), "--set", f"search.seed={self.cfg.random_seed}", "--json",
+               self.archs_path(group), "--set", f"search.seed={self.cfg.random_seed}", "--json",
                *self.common()]
         if group == "random_vital":
             cmd += ["--set", "search.random_fix_vital="
@@ -141,7 +166,7 @@ class Compare:
         return all(os.path.isfile(os.path.join(d, n)) for n in (ARCH_FILE, SUMMARY_FILE))
 
     def random_done(self, group: str) -> bool:
-        return os.path.isfile(self.path(group, "random_archs.json"))
+        return os.path.isfile(self.archs_path(group, "random_archs.json"))
 
     def nets(self) -> list[Net]:
         """The compared networks whose architecture exists by now, in table order."""
@@ -150,10 +175,11 @@ class Compare:
         for group, prefix in (("random", "random"), ("random_vital", "vital")):
             if not self.random_done(group):
                 continue
-            with open(self.path(group, "random_archs.json"), encoding="utf-8") as f:
+            with open(self.archs_path(group, "random_archs.json"), encoding="utf-8") as f:
                 drawn = json.load(f)["archs"]
             for k, rec in enumerate(drawn, 1):
-                out.append(Net(f"{prefix}_{k:02d}", group, self.path(group, rec["file"])))
+                out.append(Net(f"{prefix}_{k:02d}", group,
+                               self.archs_path(group, rec["file"])))
         return out
 
 
@@ -194,7 +220,8 @@ def pending_steps(cmp: Compare) -> list[Step]:
     for group, k in (("random", cfg.random), ("random_vital", cfg.random_vital)):
         ready = group == "random" or cmp.search_done(cfg.seeds[0])
         if k and ready and not cmp.random_done(group):
-            out.append(Step("random", group, cmp.path(group), lambda g=group: cmp.random_cmd(g)))
+            out.append(Step("random", group, cmp.archs_path(group),
+                            lambda g=group: cmp.random_cmd(g)))
     for net in cmp.nets():
         folder = cmp.path("train", net.name)
         if _train_state(folder)[0] != "done":
@@ -462,8 +489,9 @@ def write_results(cmp: Compare, nets: list[Net], stats: dict, ranks: dict) -> di
 def markdown(cmp: Compare, nets: list[Net], stats: dict, ranks: dict,
              pending: dict[str, int] | None = None) -> str:
     seeds = cmp.cfg.seeds
-    lines = [f"# Searched against random ({cmp.cfg.search}; retrained with {cmp.cfg.train})",
-             "", "| network | group | params | FLOPs | skip / g2 layers | test top-1 (%) | rank | "
+    source = f"; networks of {cmp.cfg.archs_from}" if cmp.cfg.archs_from else ""
+    lines = [f"# Searched against random ({cmp.cfg.search}{source}; retrained with "
+             f"{cmp.cfg.train})", "", "| network | group | params | FLOPs | skip / g2 layers | test top-1 (%) | rank | "
              + " | ".join(f"supernet s{s} (%)" for s in seeds) + " |",
              "|" + "---|" * (7 + len(seeds))]
     def size(v):
@@ -550,6 +578,7 @@ def run_compare(config: str, *, data_path: str | None = None, output_dir: str | 
         raise HourNASError(f"--jobs must be >= 1, got {jobs}")
     from src.checkpoint import check_output_dir
     check_output_dir(cmp.out)  # a dry run refuses what the real run would
+    cmp.check_archs_from()
     t0 = time.time()
     if report_only:
         if not any(cmp.search_done(s) for s in cfg.seeds):

@@ -4,6 +4,7 @@ ranking; a second run skips what is done and redoes only what is missing."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 from src.resource import count
@@ -72,3 +73,45 @@ def test_report_before_any_search_is_an_error(tmp_path):
     assert proc.returncode == 2
     assert "error: nothing to report" in proc.stderr and "without --report" in proc.stderr
     assert not (tmp_path / "none").exists()
+
+
+def test_archs_from_retrains_an_earlier_comparisons_networks_with_another_recipe(
+        tiny_search_run, tmp_path):
+    first = tmp_path / "first"
+    reference, _, _ = tiny_search_run
+    shutil.copytree(reference, first / "search" / "seed0")
+    config = tmp_path / "draws.yaml"  # the earlier comparison: only its search and draws
+    config.write_text(open(CONFIG, encoding="utf-8").read().replace("random_vital: 2",
+                                                                    "random_vital: 0"))
+    draw = run_cli("search.py", "--config", "tests/fixtures/tiny_search.yaml", "--strategy",
+                   "random", "--num_archs", "2", "--output_dir", str(first / "random"),
+                   "--set", "search.seed=100", "--json")
+    assert draw.returncode == 0
+    longer = tmp_path / "longer.yaml"
+    recipe = tmp_path / "train2.yaml"
+    text = open("tests/fixtures/tiny_train.yaml", encoding="utf-8").read()
+    assert "epochs: 1" in text
+    recipe.write_text(text.replace("epochs: 1", "epochs: 2").replace(
+        "../../config/", os.path.abspath("config") + "/"))
+    longer.write_text(config.read_text(encoding="utf-8").replace(
+        "tests/fixtures/tiny_train.yaml", str(recipe)) + f"archs_from: {first}\n")
+    out = tmp_path / "longer"
+    proc = run_cli("analyze.py", "compare", "--config", str(longer), "--output_dir", str(out),
+                   "--json")
+    nets = {n["name"]: n for n in last_json(proc.stdout)["nets"]}
+    assert sorted(nets) == ["random_01", "random_02", "searched_s0"]
+    assert all(n["epochs"] == 2 and n["top1"] is not None for n in nets.values())
+    assert all(n["arch"].startswith(str(first)) for n in nets.values())  # the same files
+    assert not (out / "search").exists() and not (out / "random").exists()  # nothing redone
+    assert " -> " + str(out / "train") in proc.stderr
+    assert f"networks of {first}" in (out / "compare.md").read_text(encoding="utf-8")
+
+    lacking = tmp_path / "lacking.yaml"   # it asks for draws the earlier one never made
+    lacking.write_text(longer.read_text(encoding="utf-8").replace("random_vital: 0",
+                                                                  "random_vital: 2"))
+    bad = run_cli("analyze.py", "compare", "--config", str(lacking), "--output_dir",
+                  str(tmp_path / "bad"), check=False)
+    assert bad.returncode == 2
+    assert f"error: archs_from '{first}' lacks what this comparison retrains: random_vital" \
+        in bad.stderr
+    assert not (tmp_path / "bad").exists()
