@@ -90,6 +90,7 @@ class Net:
     epochs: int | None = None
     train_s: float | None = None
     supernet: dict = field(default_factory=dict)   # search seed -> accuracy (0..1)
+    source_top1: float | None = None  # archs_from: its top-1 with that comparison's recipe
 
 
 def _abs(path: str) -> str:
@@ -384,7 +385,26 @@ def collect(cmp: Compare) -> list[Net]:
         state, ev = _train_state(cmp.path("train", net.name))
         if state == "done":
             net.top1, net.epochs, net.train_s = float(ev["top1"]), int(ev["epoch"]), ev["wall_s"]
+        if cmp.source != cmp.out:
+            state, ev = _train_state(cmp.archs_path("train", net.name))
+            net.source_top1 = float(ev["top1"]) if state == "done" else None
     return nets
+
+
+def recipe_agreement(nets: list[Net]) -> dict | None:
+    """With ``archs_from``: do the two recipes rank the same networks alike? Kendall's τ
+    between each net's top-1 there and here, and each group's mean under both (over the nets
+    retrained under both), from at least three networks."""
+    from src.search.supernet_eval import kendall_tau
+
+    both = [n for n in nets if n.top1 is not None and n.source_top1 is not None]
+    if len(both) < 3:
+        return None
+    tau, p = kendall_tau([n.source_top1 for n in both], [n.top1 for n in both])
+    groups = {g: {"n": len(v), "there": float(np.mean([n.source_top1 for n in v])),
+                  "here": float(np.mean([n.top1 for n in v]))}
+              for g in GROUPS if (v := [n for n in both if n.group == g])}
+    return {"tau": tau, "p": p, "n": len(both), "groups": groups}
 
 
 def score_supernets(cmp: Compare, nets: list[Net]) -> None:
@@ -468,12 +488,13 @@ def write_results(cmp: Compare, nets: list[Net], stats: dict, ranks: dict) -> di
               "config": {k: getattr(cmp.cfg, k) for k in CompareConfig.__dataclass_fields__},
               "nets": [{**n.__dict__, "rank": getattr(n, "rank", None)} for n in nets],
               "groups": stats, "kendall_tau": {str(k): v for k, v in ranks.items()},
-              "verdict": verdict(stats), "pending": step_counts(cmp)}
+              "verdict": verdict(stats), "recipes": recipe_agreement(nets),
+              "pending": step_counts(cmp)}
     atomic_write_text(cmp.path("compare.json"), json.dumps(result, indent=2) + "\n")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     cols = ("name", "group", "seed", "params", "flops", "skips", "grouped", "top1", "epochs",
-            "rank")
+            "rank") + (("source_top1",) if cmp.cfg.archs_from else ())
     w.writerow(cols + tuple(f"supernet_s{s}" for s in cmp.cfg.seeds))
     for n in nets:
         w.writerow([getattr(n, c, None) if getattr(n, c, None) is not None else "" for c in cols]
@@ -489,11 +510,13 @@ def write_results(cmp: Compare, nets: list[Net], stats: dict, ranks: dict) -> di
 def markdown(cmp: Compare, nets: list[Net], stats: dict, ranks: dict,
              pending: dict[str, int] | None = None) -> str:
     seeds = cmp.cfg.seeds
-    source = f"; networks of {cmp.cfg.archs_from}" if cmp.cfg.archs_from else ""
+    there = cmp.cfg.archs_from
+    source = f"; networks of {there}" if there else ""
     lines = [f"# Searched against random ({cmp.cfg.search}{source}; retrained with "
-             f"{cmp.cfg.train})", "", "| network | group | params | FLOPs | skip / g2 layers | test top-1 (%) | rank | "
+             f"{cmp.cfg.train})", "", "| network | group | params | FLOPs | skip / g2 layers | "
+             "test top-1 (%) | rank | " + (f"top-1 in {there} (%) | " if there else "")
              + " | ".join(f"supernet s{s} (%)" for s in seeds) + " |",
-             "|" + "---|" * (7 + len(seeds))]
+             "|" + "---|" * (7 + bool(there) + len(seeds))]
     def size(v):
         return "—" if v is None else format_size(v)
 
@@ -501,8 +524,9 @@ def markdown(cmp: Compare, nets: list[Net], stats: dict, ranks: dict,
         top1 = "—" if n.top1 is None else f"{n.top1:.2f}"
         sup = [("—" if s not in n.supernet else f"{100 * n.supernet[s]:.2f}") for s in seeds]
         ops = "—" if n.skips is None else f"{n.skips} / {n.grouped}"
+        old = ("—" if n.source_top1 is None else f"{n.source_top1:.2f}") + " | " if there else ""
         lines.append(f"| {n.name} | {n.group} | {size(n.params)} | {size(n.flops)} | {ops}"
-                     f" | {top1} | {getattr(n, 'rank', '—')} | " + " | ".join(sup) + " |")
+                     f" | {top1} | {getattr(n, 'rank', '—')} | {old}" + " | ".join(sup) + " |")
     lines += ["", "| group | n | test top-1 mean ± std (%) | min | max |", "|---|---|---|---|---|"]
     for g, s in stats.items():
         lines.append(f"| {g} | {s['n']} | {s['mean']:.2f} ± {s['std']:.2f} | {s['min']:.2f} | "
@@ -513,6 +537,13 @@ def markdown(cmp: Compare, nets: list[Net], stats: dict, ranks: dict,
                       f"2 std {v['random_mean_plus_2std']:.2f}%: "
                       + ("the search beats random." if v["beats_random"] else
                          "the search does **not** beat random by that margin.")]
+    agree = recipe_agreement(nets) if there else None
+    if agree:
+        means = "; ".join(f"{g} {v['there']:.2f} -> {v['here']:.2f}% (n = {v['n']})"
+                          for g, v in agree["groups"].items())
+        lines += ["", f"This recipe against {there}'s, over the {agree['n']} networks retrained "
+                      f"with both: Kendall's τ = {agree['tau']:.2f} (p = {agree['p']:.2f}) "
+                      f"between their top-1s; group means there -> here: {means}."]
     for s, r in ranks.items():
         lines.append(f"\nSupernet of seed {s}: Kendall's τ = {r['tau']:.2f} (p = {r['p']:.2f}) "
                      f"between supernet accuracy and retrained top-1 over {r['n']} networks "

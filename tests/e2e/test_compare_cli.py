@@ -104,7 +104,11 @@ def test_archs_from_retrains_an_earlier_comparisons_networks_with_another_recipe
     assert all(n["arch"].startswith(str(first)) for n in nets.values())  # the same files
     assert not (out / "search").exists() and not (out / "random").exists()  # nothing redone
     assert " -> " + str(out / "train") in proc.stderr
-    assert f"networks of {first}" in (out / "compare.md").read_text(encoding="utf-8")
+    page = (out / "compare.md").read_text(encoding="utf-8")
+    assert f"networks of {first}" in page and f"top-1 in {first} (%)" in page
+    # the earlier comparison retrained nothing: no top-1 there, no agreement to report
+    assert all(n["source_top1"] is None for n in nets.values())
+    assert last_json(proc.stdout)["recipes"] is None
 
     lacking = tmp_path / "lacking.yaml"   # it asks for draws the earlier one never made
     lacking.write_text(longer.read_text(encoding="utf-8").replace("random_vital: 0",

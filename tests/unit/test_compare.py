@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from src.analysis.compare import (Compare, CompareConfig, Net, Progress, _train_state,
-                                  group_stats, markdown, rankings, verdict)
+                                  group_stats, markdown, rankings, recipe_agreement, verdict)
 from src.config import load_config
 from src.errors import ConfigError
 
@@ -106,3 +106,28 @@ def test_progress_eta_comes_from_the_steps_done_and_survives_a_restart(tmp_path)
     assert lines == ["[1/3] net 1 retrained (ETA 0:03:20)"]
     again = Progress(str(tmp_path / "progress.json"), total=2, jobs=2, log=lines.append)
     assert again.eta({"train": 1, "search": 0}) == "ETA 0:00:50"  # two steps at once
+
+
+def test_two_recipes_on_the_same_networks_are_set_side_by_side(tmp_path):
+    cfg = CompareConfig(search="config/search/default.yaml", train="config/train/digits.yaml",
+                        seeds=[0], output_dir=str(tmp_path / "x2"),
+                        archs_from=str(tmp_path / "x1"))
+    cmp = Compare(cfg, None, None, log=lambda _: None)
+    nets = _nets([88.0, 87.0], [86.0, 89.0, None])
+    for n, before in zip(nets, (85.0, 85.5, 86.0, 87.0, 84.0)):
+        n.source_top1 = before
+    assert recipe_agreement(nets[:2]) is None  # fewer than three nets trained both ways
+    r = recipe_agreement(nets)
+    # 4 nets under both recipes; pairs: (s0,s1) -, (s0,r1) -, (s0,r2) +, (s1,r1) -, (s1,r2) +,
+    # (r1,r2) +: 3 concordant, 3 discordant
+    assert r["n"] == 4 and r["tau"] == pytest.approx(0.0)
+    assert r["groups"]["searched"] == {"n": 2, "there": 85.25, "here": 87.5}
+    assert r["groups"]["random"] == {"n": 2, "there": 86.5, "here": 87.5}
+    page = markdown(cmp, nets, group_stats(nets), {})
+    assert f"top-1 in {tmp_path / 'x1'} (%)" in page
+    assert "| searched_s0 | searched | — | — | — | 88.00 | — | 85.00 |" in page
+    assert "| random_03 | random | — | — | — | — | — | 84.00 |" in page
+    assert "Kendall's τ = 0.00" in page and "searched 85.25 -> 87.50% (n = 2)" in page
+    plain = Compare(CompareConfig(search=cfg.search, train=cfg.train, seeds=[0],
+                                  output_dir=str(tmp_path / "p")), None, None, log=print)
+    assert "top-1 in" not in markdown(plain, nets, group_stats(nets), {})
