@@ -105,6 +105,9 @@ class Compare:
         self.cfg, self.data_path, self.device, self.log = cfg, data_path, device_target, log
         self.out = os.path.abspath(cfg.output_dir)
         self.source = os.path.abspath(cfg.archs_from) if cfg.archs_from else self.out
+        if cfg.archs_from and self.source == self.out:
+            raise ConfigError(f"compare 'archs_from' is the output folder itself ({self.out}); "
+                              f"name an earlier comparison's folder, or drop archs_from")
         for what, path in (("search", cfg.search), ("train", cfg.train)):
             if not os.path.isfile(_abs(path)):
                 raise ConfigError(f"compare '{what}' config '{path}' does not exist")
@@ -131,6 +134,10 @@ class Compare:
             raise HourNASError(f"archs_from '{self.source}' lacks what this comparison "
                                f"retrains: {', '.join(missing)}; finish that comparison first "
                                f"(or compare fewer seeds / no random group)")
+        for group, k in (("random", cfg.random), ("random_vital", cfg.random_vital)):
+            if k and (n := len(self.drawn(group))) != k:
+                raise HourNASError(f"archs_from '{self.source}' drew {n} '{group}' networks, "
+                                   f"this config asks for {k}: set {group}: {n}")
 
     def common(self) -> list[str]:
         out = ["--data_path", self.data_path] if self.data_path else []
@@ -169,6 +176,11 @@ class Compare:
     def random_done(self, group: str) -> bool:
         return os.path.isfile(self.archs_path(group, "random_archs.json"))
 
+    def drawn(self, group: str) -> list[dict]:
+        """The random draw's records of ``group`` (its random_archs.json)."""
+        with open(self.archs_path(group, "random_archs.json"), encoding="utf-8") as f:
+            return json.load(f)["archs"]
+
     def nets(self) -> list[Net]:
         """The compared networks whose architecture exists by now, in table order."""
         out = [Net(f"searched_s{s}", "searched", os.path.join(self.search_dir(s), ARCH_FILE),
@@ -176,9 +188,7 @@ class Compare:
         for group, prefix in (("random", "random"), ("random_vital", "vital")):
             if not self.random_done(group):
                 continue
-            with open(self.archs_path(group, "random_archs.json"), encoding="utf-8") as f:
-                drawn = json.load(f)["archs"]
-            for k, rec in enumerate(drawn, 1):
+            for k, rec in enumerate(self.drawn(group), 1):
                 out.append(Net(f"{prefix}_{k:02d}", group,
                                self.archs_path(group, rec["file"])))
         return out
@@ -615,6 +625,11 @@ def run_compare(config: str, *, data_path: str | None = None, output_dir: str | 
         if not any(cmp.search_done(s) for s in cfg.seeds):
             raise HourNASError(f"nothing to report in {cmp.out}: no search of {config} has "
                                f"finished; run the same command without --report first")
+        if cfg.archs_from and not any(_train_state(cmp.path("train", n.name))[0] == "done"
+                                      for n in cmp.nets()):
+            raise HourNASError(f"nothing to report in {cmp.out}: no network of {cfg.archs_from} "
+                               f"has been retrained here yet; run the same command without "
+                               f"--report first")
     else:
         run_chain(cmp, jobs, dry_run)
     if dry_run:

@@ -137,6 +137,9 @@ class SearchParams:
         if self.arch_lr_nvital is not None and not self.arch_lr_nvital > 0:
             raise HourNASError(f"search.arch_lr_nvital must be > 0 or null (null: "
                                f"search.arch_lr in both stages), got {self.arch_lr_nvital}")
+        if self.arch_lr_nvital is not None and not self.vital_priori:
+            raise HourNASError("search.arch_lr_nvital is stage 2's θ lr; without the vital "
+                               "priori the one stage uses search.arch_lr: set that instead")
         if not self.tolerance > 0:
             raise HourNASError(f"search.tolerance must be > 0 (e.g. 0.02 for ±2%), got "
                                f"{self.tolerance}")

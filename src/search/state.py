@@ -116,7 +116,7 @@ def save_state(run, stage) -> None:
     params = {p.name: p.asnumpy() for p in net.get_parameters()}
     params.update({m.name: m.asnumpy() for m in sgd.moments.values()})
     values = arch.values()
-    check_finite_state(run, params, values)
+    check_finite_state(run, params, values, stage.name)
     extra = {
         "kind": SEARCH_KIND,
         "space": run.space.name,
@@ -132,7 +132,7 @@ def save_state(run, stage) -> None:
     run.saved_step = run.state.global_step
 
 
-def check_finite_state(run, params: dict, values: dict) -> None:
+def check_finite_state(run, params: dict, values: dict, stage: str) -> None:
     """Never overwrite the last good state with a diverged one."""
     bad = nonfinite(params) + nonfinite(values)
     if bad:
@@ -140,7 +140,7 @@ def check_finite_state(run, params: dict, values: dict) -> None:
             f"non-finite values in {len(bad)} tensors (e.g. '{bad[0]}') at {run.state.stage} "
             f"global step {run.state.global_step}; not saved: the last good state stays in "
             f"{run.path(SEARCH_STATE_FILE)}; " + lower_lr_command(
-                run.cfg, run.out, (run.cfg.search.arch_lr_key(run.state.stage),) if all(
+                run.cfg, run.out, (run.cfg.search.arch_lr_key(stage),) if all(
                     n in values for n in bad) else ("search.w_lr",)))
 
 

@@ -96,6 +96,10 @@ def test_archs_from_retrains_an_earlier_comparisons_networks_with_another_recipe
     longer.write_text(config.read_text(encoding="utf-8").replace(
         "tests/fixtures/tiny_train.yaml", str(recipe)) + f"archs_from: {first}\n")
     out = tmp_path / "longer"
+    early = run_cli("analyze.py", "compare", "--config", str(longer), "--output_dir", str(out),
+                    "--report", check=False)   # nothing retrained here yet
+    assert early.returncode == 2 and "has been retrained here yet" in early.stderr
+    assert not out.exists()
     proc = run_cli("analyze.py", "compare", "--config", str(longer), "--output_dir", str(out),
                    "--json")
     nets = {n["name"]: n for n in last_json(proc.stdout)["nets"]}

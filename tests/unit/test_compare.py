@@ -11,7 +11,7 @@ import pytest
 from src.analysis.compare import (Compare, CompareConfig, Net, Progress, _train_state,
                                   group_stats, markdown, rankings, recipe_agreement, verdict)
 from src.config import load_config
-from src.errors import ConfigError
+from src.errors import ConfigError, HourNASError
 
 
 def _log(folder, records):
@@ -131,3 +131,27 @@ def test_two_recipes_on_the_same_networks_are_set_side_by_side(tmp_path):
     plain = Compare(CompareConfig(search=cfg.search, train=cfg.train, seeds=[0],
                                   output_dir=str(tmp_path / "p")), None, None, log=print)
     assert "top-1 in" not in markdown(plain, nets, group_stats(nets), {})
+
+
+def test_archs_from_must_be_another_folder_with_the_same_draws(tmp_path):
+    base = dict(search="config/search/default.yaml", train="config/train/digits.yaml", seeds=[0])
+    with pytest.raises(ConfigError, match="'archs_from' is the output folder itself"):
+        Compare(CompareConfig(**base, output_dir=str(tmp_path / "a"),
+                              archs_from=str(tmp_path / "a")), None, None, log=print)
+    src = tmp_path / "src"
+    (src / "search" / "seed0").mkdir(parents=True)
+    for name in ("arch.yaml", "summary.json"):
+        (src / "search" / "seed0" / name).write_text("{}")
+    (src / "random").mkdir()
+    (src / "random" / "random_archs.json").write_text(json.dumps(
+        {"archs": [{"file": f"random_0{k}.yaml"} for k in (1, 2, 3)]}))
+    ok = Compare(CompareConfig(**base, random=3, output_dir=str(tmp_path / "b"),
+                               archs_from=str(src)), None, None, log=print)
+    ok.check_archs_from()
+    assert [n.arch for n in ok.nets()][1:] == [str(src / "random" / f"random_0{k}.yaml")
+                                               for k in (1, 2, 3)]
+    fewer = Compare(CompareConfig(**base, random=2, output_dir=str(tmp_path / "c"),
+                                  archs_from=str(src)), None, None, log=print)
+    with pytest.raises(HourNASError, match="drew 3 'random' networks, this config asks for 2: "
+                                           "set random: 3"):
+        fewer.check_archs_from()

@@ -371,7 +371,8 @@ def test_step_logger_writes_one_record_per_iteration_and_the_stage_accuracy(tmp_
     run = _logger_run(tmp_path, steps, log_every)
     net = SimpleNamespace(searched=[3, 6, 7])
     stage = SimpleNamespace(name="vital", epochs=1, net=net, table=None,
-                            arch=ArchParams(3, num_ops), executor=SimpleNamespace(name="eager"))
+                            arch=ArchParams(3, num_ops), executor=SimpleNamespace(name="eager"),
+                            adam=SimpleNamespace(lr=0.03))
     run.log.reset()
     logger = StepLogger(run, stage)
     logger.start()
@@ -385,6 +386,7 @@ def test_step_logger_writes_one_record_per_iteration_and_the_stage_accuracy(tmp_
         seconds.append(run.state.stage_seconds["vital"])
     logger.end()
     out = capsys.readouterr().out
+    assert "θ's lr 0.03, executor eager" in out  # the start line
     recs = [json.loads(line) for line in open(run.log.path, encoding="utf-8")]
     assert [r["global_step"] for r in recs] == list(range(1, steps + 1))
     assert [r["step"] for r in recs] == list(range(1, steps + 1))
@@ -607,12 +609,12 @@ def test_check_finite_state_names_the_rate_of_what_diverged(tiny, tmp_path, bad_
     run = _ckpt_run(tmp_path, cfg, space, SearchState(stage="nonvital", global_step=9))
     params = {"stem.conv.weight": np.ones((2, 2)), "moment.stem.conv.weight": np.zeros((2, 2))}
     values = {"theta": np.zeros((3, 4)), "pi": np.zeros(2)}
-    check_finite_state(run, params, values)  # all finite: nothing to say
+    check_finite_state(run, params, values, "nonvital")  # all finite: nothing to say
     where = values if bad_in in values else params
     where[bad_in] = where[bad_in].copy()
     where[bad_in].flat[-1] = np.nan
     with pytest.raises(HourNASError) as e:
-        check_finite_state(run, params, values)
+        check_finite_state(run, params, values, "nonvital")
     msg = str(e.value)
     other = "search.w_lr" if rate == "search.arch_lr" else "search.arch_lr"
     assert f"'{bad_in}'" in msg and "at nonvital global step 9" in msg
@@ -690,3 +692,23 @@ def test_a_diverged_stage_2_with_its_own_arch_lr_names_that_rate(tmp_path):
         check_finite_losses(run, vital, 1.0, NAN)
     assert f"--set search.arch_lr={ARCH_LR / 10:g}" in str(e.value)
     assert "arch_lr_nvital" not in str(e.value)
+
+
+@pytest.mark.parametrize("stage, rate", [("nonvital", "search.arch_lr_nvital"),
+                                         ("vital", "search.arch_lr")])
+def test_check_finite_state_names_the_rate_the_saved_stage_used(tiny, tmp_path, stage, rate):
+    # the state may already say "done" at the last save: the stage saved decides the rate
+    cfg, space = tiny
+    cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, arch_lr_nvital=0.004))
+    run = _ckpt_run(tmp_path, cfg, space, SearchState(stage="done", global_step=9))
+    values = {"theta": np.full((3, 4), np.nan), "pi": np.zeros(2)}
+    with pytest.raises(HourNASError) as e:
+        check_finite_state(run, {"stem.conv.weight": np.ones(2)}, values, stage)
+    assert _lowered_for(run, rate) in str(e.value)
+    assert ("arch_lr_nvital" in str(e.value)) == (stage == "nonvital")
+
+
+def test_arch_lr_nvital_without_the_vital_priori_is_refused():
+    with pytest.raises(HourNASError, match=r"without the vital priori the one stage uses "
+                                           r"search.arch_lr"):
+        SearchParams(arch_lr_nvital=0.01, vital_priori=False, epochs_vital=0).validate()
