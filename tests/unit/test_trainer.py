@@ -14,7 +14,7 @@ from src.train.factory import create_model, lr_at, resolve_arch
 
 RECIPES = {"digits": "digits", "cifar10": "cifar10", "imagenet": "imagenet",
            "imagenet_efficientnet": "imagenet", "fashion_mnist": "fashion_mnist",
-           "fashion_mnist_full": "fashion_mnist"}
+           "fashion_mnist_full": "fashion_mnist", "fashion_mnist_x2": "fashion_mnist"}
 
 
 def test_every_recipe_is_listed():
@@ -36,6 +36,11 @@ def test_digits_recipe_is_the_default():
 
 
 def test_recipe_values():
+    x1, x2 = (load_config(TrainConfig, f"config/train/{n}.yaml") for n in ("fashion_mnist",
+                                                                          "fashion_mnist_x2"))
+    assert x2.train.epochs == 2 * x1.train.epochs  # the same recipe, twice the epochs
+    x2.train.epochs, x2.output_dir = x1.train.epochs, x1.output_dir
+    assert to_dict(x2) == to_dict(x1)
     c10 = load_config(TrainConfig, "config/train/cifar10.yaml")
     assert (c10.train.epochs, c10.data.cutout, c10.train.batch_size) == (600, 16, 128)
     assert c10.train.peak_lr == pytest.approx(0.025 * 128 / 96)
