@@ -476,12 +476,38 @@ def rankings(cmp: Compare, nets: list[Net]) -> dict:
 
 
 def verdict(stats: dict) -> dict | None:
-    """The goal of the comparison: searched mean >= random mean + 2 std."""
+    """The goal of the comparison: searched mean >= random mean + 2 std; beside it, how far
+    the searched mean is from each random group's and whether that differs from chance
+    (``mean_tests``)."""
     if "searched" not in stats or "random" not in stats or stats["random"]["n"] < 2:
         return None
     bar = stats["random"]["mean"] + 2 * stats["random"]["std"]
     return {"searched_mean": stats["searched"]["mean"], "random_mean_plus_2std": bar,
-            "beats_random": stats["searched"]["mean"] >= bar}
+            "beats_random": stats["searched"]["mean"] >= bar, "tests": mean_tests(stats)}
+
+
+def mean_tests(stats: dict) -> dict[str, dict]:
+    """Searched mean minus each random group's (points of top-1), with the two-sided p-value
+    of Welch's t-test (unequal variances, from the groups' means, stds and counts): with three
+    searches and five random nets a difference of half a point is well within chance, and the
+    report should say so rather than read it as "below". Groups of fewer than two nets (no
+    spread to test against) are left out."""
+    from scipy.stats import ttest_ind_from_stats
+
+    a = stats.get("searched")
+    out = {}
+    for g in GROUPS:
+        b = stats.get(g)
+        if g == "searched" or a is None or b is None or a["n"] < 2 or b["n"] < 2:
+            continue
+        diff = a["mean"] - b["mean"]
+        if a["std"] == 0 and b["std"] == 0:  # no spread: the t statistic is undefined
+            p = 1.0 if diff == 0 else 0.0
+        else:
+            p = float(ttest_ind_from_stats(a["mean"], a["std"], a["n"], b["mean"], b["std"],
+                                           b["n"], equal_var=False).pvalue)
+        out[g] = {"diff": diff, "p": p, "n": [a["n"], b["n"]]}
+    return out
 
 
 def write_results(cmp: Compare, nets: list[Net], stats: dict, ranks: dict) -> dict:
@@ -547,6 +573,11 @@ def markdown(cmp: Compare, nets: list[Net], stats: dict, ranks: dict,
                       f"2 std {v['random_mean_plus_2std']:.2f}%: "
                       + ("the search beats random." if v["beats_random"] else
                          "the search does **not** beat random by that margin.")]
+        for g, t in v["tests"].items():
+            lines.append(f"Searched mean - {g} mean: {t['diff']:+.2f} points (Welch's t-test, "
+                         f"n = {t['n'][0]} and {t['n'][1]}: p = {t['p']:.2f}"
+                         + ("; no difference beyond chance at these counts)." if t["p"] >= 0.05
+                            else ")."))
     agree = recipe_agreement(nets) if there else None
     if agree:
         means = "; ".join(f"{g} {v['there']:.2f} -> {v['here']:.2f}% (n = {v['n']})"

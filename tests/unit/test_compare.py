@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from src.analysis.compare import (Compare, CompareConfig, Net, Progress, _train_state,
-                                  group_stats, markdown, rankings, recipe_agreement, verdict)
+                                  group_stats, markdown, mean_tests, rankings, recipe_agreement,
+                                  verdict)
 from src.config import load_config
 from src.errors import ConfigError, HourNASError
 
@@ -49,6 +50,32 @@ def test_group_statistics_and_the_verdict():
     assert v["random_mean_plus_2std"] == pytest.approx(91.0) and v["beats_random"] is False
     assert verdict(group_stats(_nets([91.5], [88.0, 89.0, 90.0])))["beats_random"] is True
     assert verdict(group_stats(_nets([91.5], [88.0]))) is None  # one random net: no spread
+
+
+def test_the_difference_of_means_is_tested_against_chance(tmp_path):
+    from scipy.stats import ttest_ind
+
+    searched, random, vital = [85.5, 85.1, 86.3], [85.6, 85.6, 87.0, 87.0, 85.2], [88.0]
+    tests = mean_tests(group_stats(_nets(searched, random, vital)))
+    assert set(tests) == {"random"}  # one random_vital net: no spread, no test
+    assert tests["random"]["diff"] == pytest.approx(np.mean(searched) - np.mean(random))
+    assert tests["random"]["n"] == [3, 5]
+    assert tests["random"]["p"] == pytest.approx(ttest_ind(searched, random, equal_var=False).pvalue)
+    assert tests["random"]["p"] > 0.05  # half a point at these counts: chance
+    far = mean_tests(group_stats(_nets([95.0, 95.2, 94.9], [85.0, 85.3, 84.8, 85.1])))
+    assert far["random"]["diff"] > 9 and far["random"]["p"] < 1e-4
+    flat = mean_tests(group_stats(_nets([90.0, 90.0], [89.0, 89.0])))  # no spread at all
+    assert flat["random"]["p"] == 0.0
+    assert verdict(group_stats(_nets(searched, random)))["tests"] == mean_tests(
+        group_stats(_nets(searched, random)))
+    cmp = Compare(CompareConfig(search="config/search/default.yaml",
+                                train="config/train/digits.yaml", seeds=[0, 1, 2],
+                                output_dir=str(tmp_path)), None, None, log=lambda _: None)
+    nets = _nets(searched, random)
+    page = markdown(cmp, nets, group_stats(nets), {})
+    assert (f"Searched mean - random mean: {tests['random']['diff']:+.2f} points (Welch's "
+            f"t-test, n = 3 and 5: p = {tests['random']['p']:.2f}; no difference beyond chance"
+            in page)
 
 
 def test_kendall_tau_per_supernet_over_the_nets_it_can_run(tmp_path):
