@@ -2,7 +2,8 @@
 
     python benchmarks/train_step.py [--arch config/arch/fbnet_b.yaml] [--batch_size 64]
                                     [--steps 20] [--round_steps 2] [--amp_level O0]
-                                    [--depthwise auto|native|banded|both] [--threads N]
+                                    [--depthwise auto|native|banded|kernel|both|A,B]
+                                    [--threads N]
                                     [--device_target CPU] [--json]
 
 The network is the architecture re-sized to CIFAR (input 32x32, 10 classes; the layers as in
@@ -11,10 +12,11 @@ one graph, compiled once; ``--amp_level`` O1/O2/O3 as ``train.amp_level``, GPU/A
 When PyTorch is importable, the same network is built from the same layer plans in PyTorch
 (eager; benchmarks/torch_twin.torch_net, its parameter count checked against ours) and timed
 the same way, and the ratio is printed; otherwise that half is skipped with a message.
-``--depthwise`` chooses the depthwise convolutions' weight gradient (``src.ops``: auto, the
-project's choice; native, MindSpore's; banded, ``DepthwiseConv2d``'s batched products);
-``both`` times a MindSpore worker of each, in the same alternating rounds, and prints their
-ratio. ``--threads`` (default: this machine's CPU count) sets both frameworks' threads: 1 is
+``--depthwise`` chooses the depthwise convolutions' gradients (``src.ops.depthwise_grad``:
+auto, the project's choice; native, MindSpore's; banded, ``DepthwiseConv2d``'s batched
+products; kernel, ``src/kernels/depthwise.cc``); a comma-separated list (``both`` is
+``native,banded``) times a MindSpore worker of each, in the same alternating rounds, and
+prints each one's throughput over the first one's. ``--threads`` (default: this machine's CPU count) sets both frameworks' threads: 1 is
 what each step of ``analyze.py compare --jobs 2`` gets. On GPU
 the PyTorch half runs on CUDA (autocast float16 when --amp_level is not O0) when PyTorch has
 CUDA, else it is skipped; on Ascend it is skipped.
@@ -53,6 +55,17 @@ from src.ops import DEPTHWISE_CHOICES, DEPTHWISE_ENV  # noqa: E402
 AMP_LEVELS = ("O0", "O1", "O2", "O3")
 
 
+def _depthwise_kinds(text: str) -> tuple[str, ...]:
+    kinds = ("native", "banded") if text == "both" else tuple(
+        k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in kinds if k not in DEPTHWISE_CHOICES]
+    if not kinds or bad or len(set(kinds)) != len(kinds):
+        raise argparse.ArgumentTypeError(
+            f"expected one or more distinct of {', '.join(DEPTHWISE_CHOICES)} (or both), "
+            f"got {text!r}")
+    return kinds
+
+
 def parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,8 +84,9 @@ def parser():
     p.add_argument("--no_torch", action="store_true", help="skip the PyTorch twin")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--debug", action="store_true")
-    p.add_argument("--depthwise", default="auto", choices=DEPTHWISE_CHOICES + ("both",),
-                   help="depthwise weight gradient (default auto; both: native and banded)")
+    p.add_argument("--depthwise", default="auto", type=_depthwise_kinds, metavar="KIND[,KIND]",
+                   help=f"depthwise gradients: {', '.join(DEPTHWISE_CHOICES)}, or a list "
+                        f"to compare (default auto; both: native,banded)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="threads of each framework (default: this machine's CPU count)")
     p.add_argument("--worker", choices=("mindspore", "pytorch"), default=None,
@@ -137,7 +151,7 @@ def mindspore_worker(args) -> int:
         p = TrainParams()
         net = create_model(arch)
         from src.ops import DepthwiseConv2d
-        banded = sum(isinstance(c, DepthwiseConv2d) for _, c in net.cells_and_names())
+        own = sum(isinstance(c, DepthwiseConv2d) for _, c in net.cells_and_names())
         if amp != "O0":
             net = ms.amp.auto_mixed_precision(net, amp)
         scaled = amp != "O0"
@@ -151,7 +165,7 @@ def mindspore_worker(args) -> int:
         return {"framework": "mindspore", "version": ms.__version__,
                 "device_target": facts["device_target"], "threads": facts["threads"],
                 "amp_level": amp, "first_step_s": first, "warmup_s": warm,
-                "graphs": len(cell.compile_cache), "banded": banded}
+                "graphs": len(cell.compile_cache), "depthwise_cells": own}
 
     return serve(setup, lambda req: {"times": _timed(state["step"], int(req["steps"]))})
 
@@ -255,7 +269,7 @@ def main(args) -> int:
               "--num_classes", str(args.num_classes), "--amp_level", args.amp_level,
               "--device_target", args.device_target, "--threads", str(threads)]
     workers = {}
-    kinds = ("native", "banded") if args.depthwise == "both" else (args.depthwise,)
+    kinds = args.depthwise
     names = {k: "mindspore" if len(kinds) == 1 else f"mindspore_{k}" for k in kinds}
     try:
         for kind, name in names.items():
@@ -266,7 +280,8 @@ def main(args) -> int:
             ms_ready = workers[name].ready
             log(f"MindSpore {ms_ready['version']} ready: first step incl. compile "
                 f"{ms_ready['first_step_s']:.1f} s, next two {ms_ready['warmup_s']:.2f} s; "
-                f"depthwise convolutions with the banded gradient: {ms_ready['banded']}")
+                f"depthwise convolutions with gradients of their own: "
+                f"{ms_ready['depthwise_cells']}")
         if why_no_torch is None:
             workers["pytorch"] = Worker(common + ["--worker", "pytorch"], threads)
             t_ready = workers["pytorch"].ready
@@ -298,10 +313,10 @@ def main(args) -> int:
             f"{r['first_step_s']:.1f} s; compiled graphs {r['graphs']}; "
             f"{r['threads']} threads; amp {r['amp_level']}); load average {_fmt_load(loads)}")
     ms_r = ms_all[kinds[-1]]
-    banded_vs_native = None
-    if len(kinds) == 2:
-        banded_vs_native = ms_all["banded"]["images_per_s"] / ms_all["native"]["images_per_s"]
-        log(f"banded / native depthwise gradient throughput: {banded_vs_native:.2f}x "
+    vs_first = {}
+    for kind in kinds[1:]:
+        vs_first[kind] = ms_all[kind]["images_per_s"] / ms_all[kinds[0]]["images_per_s"]
+        log(f"{kind} / {kinds[0]} depthwise gradient throughput: {vs_first[kind]:.2f}x "
             f"(load average {_fmt_load(loads)})")
     torch_r = None
     if "pytorch" in times:
@@ -312,7 +327,7 @@ def main(args) -> int:
             f"load average {_fmt_load(loads)}")
     ratio = ms_r["images_per_s"] / torch_r["images_per_s"] if torch_r else None
     if ratio is not None:
-        log(f"MindSpore{' (banded)' if len(kinds) == 2 else ''} / PyTorch throughput: "
+        log(f"MindSpore{f' ({kinds[-1]})' if len(kinds) > 1 else ''} / PyTorch throughput: "
             f"{ratio:.2f}x (load average {_fmt_load(loads)})")
     if args.json:
         emit_json({"arch": arch.name, "batch_size": args.batch_size, "params": c["params"],
@@ -320,7 +335,7 @@ def main(args) -> int:
                    "threads": threads, "steps": args.steps, "rounds": rounds,
                    "mindspore": ms_r, "pytorch": torch_r, "ratio": ratio,
                    "depthwise": {k: ms_all[k] for k in kinds},
-                   "banded_vs_native": banded_vs_native,
+                   "vs_first": vs_first,
                    "pytorch_skipped": why_no_torch, "load_avg_1min": loads})
     return 0
 

@@ -28,7 +28,7 @@ def conv_init():
 
 
 DEPTHWISE_ENV = "HOURNAS_DEPTHWISE"
-DEPTHWISE_CHOICES = ("auto", "native", "banded")
+DEPTHWISE_CHOICES = ("auto", "native", "banded", "kernel")
 BANDED_MIN_SIZE = 16   # stride-1 depthwise convolutions at >= 16x16: where the native one stalled
 
 
@@ -38,6 +38,7 @@ def banded_depthwise(spec: ConvSpec) -> bool:
     or more can (smaller ones, and stride 2, did not stall and keep the native one, faster
     there).
 
+    This is ``depthwise_grad``'s fallback, where the compiled kernel does not build.
     ``auto`` (the default): on CPU, in graph mode, with one op thread (the per-core steps of
     ``analyze.py compare --jobs 2``, msrun's workers on this machine). There the native
     gradient kernel stalls for seconds a call whenever another process shares the cores:
@@ -47,17 +48,44 @@ def banded_depthwise(spec: ConvSpec) -> bool:
     PyNative the native one is faster
     (``benchmarks/train_step.py --depthwise both``, ``benchmarks/depthwise.py``).
     ``HOURNAS_DEPTHWISE=native|banded`` forces either."""
+    choice = _depthwise_choice()
+    eligible = (spec.groups > 1 and spec.groups == spec.cin == spec.cout and not spec.bias
+                and spec.stride == 1 and spec.h_out >= BANDED_MIN_SIZE)
+    if not eligible or choice != "auto":
+        return eligible and choice == "banded"
+    return (ms.get_context("device_target") == "CPU"
+            and ms.get_context("mode") == ms.GRAPH_MODE
+            and context_facts().get("threads") == 1)
+
+
+def _depthwise_choice() -> str:
     choice = os.environ.get(DEPTHWISE_ENV, "auto").strip().lower() or "auto"
     if choice not in DEPTHWISE_CHOICES:
         raise HourNASError(f"{DEPTHWISE_ENV}={os.environ[DEPTHWISE_ENV]!r} is not one of "
                            f"{', '.join(DEPTHWISE_CHOICES)}")
-    eligible = (spec.groups > 1 and spec.groups == spec.cin == spec.cout and not spec.bias
-                and spec.stride == 1 and spec.h_out >= BANDED_MIN_SIZE)
-    if not eligible or choice != "auto":
-        return eligible and choice != "native"
-    return (ms.get_context("device_target") == "CPU"
-            and ms.get_context("mode") == ms.GRAPH_MODE
-            and context_facts().get("threads") == 1)
+    return choice
+
+
+def depthwise_grad(spec: ConvSpec) -> str:
+    """Which gradient the convolution of ``spec``, built now, takes: ``native`` (MindSpore's
+    own, and every non-depthwise convolution), ``kernel`` (``src/kernels/depthwise.cc``: both
+    gradients of every depthwise convolution, any size or stride) or ``banded``
+    (``banded_depthwise``: the weight gradient as batched products).
+
+    ``auto`` (the default): on CPU the kernel wherever it builds (g++ with OpenMP): 1.5-3.2x
+    MindSpore's forward + backward per convolution, and no stall under contention
+    (docs/search_engine.md); where it does not build, the banded rule below.
+    ``HOURNAS_DEPTHWISE=native|banded|kernel`` forces one."""
+    choice = _depthwise_choice()
+    depthwise = (spec.groups > 1 and spec.groups == spec.cin == spec.cout and not spec.bias
+                 and spec.k % 2 == 1 and spec.padding == spec.k // 2 and spec.stride in (1, 2))
+    if not depthwise or choice == "native":
+        return "native"
+    if choice == "kernel" or (choice == "auto" and ms.get_context("device_target") == "CPU"):
+        from src.kernels import depthwise_library
+        if depthwise_library() is not None:
+            return "kernel"
+    return "banded" if banded_depthwise(spec) else "native"
 
 
 def banded_weight_grad(x, dout, k: int, stride: int, pad: int):
@@ -85,11 +113,25 @@ def banded_weight_grad(x, dout, k: int, stride: int, pad: int):
 
 
 class _DepthwiseFn(nn.Cell):
-    """y = depthwise conv(x, w); backward: the native input gradient, the banded weight one."""
+    """y = depthwise conv(x, w) (MindSpore's forward: outputs and exports unchanged);
+    backward: ``grad="kernel"`` both gradients from ``src/kernels/depthwise.cc``,
+    ``grad="banded"`` the native input gradient and the banded weight one."""
 
-    def __init__(self, channels: int, k: int, stride: int):
+    def __init__(self, channels: int, k: int, stride: int, grad: str = "banded"):
         super().__init__()
         self.k, self.stride, self.pad = k, stride, k // 2
+        self.kernel = grad == "kernel"
+        if self.kernel:
+            from src.kernels import depthwise_library, set_threads
+            lib = depthwise_library()
+            if lib is None:
+                raise HourNASError("the depthwise kernel is not built (no g++ with OpenMP?); "
+                                   f"set {DEPTHWISE_ENV}=native")
+            set_threads(context_facts().get("threads") or 0)
+            self.kernel_dx = ops.Custom(f"{lib}:DwInputGrad", out_shape=lambda dy, w, x: x,
+                                        out_dtype=lambda dy, w, x: x, func_type="aot")
+            self.kernel_dw = ops.Custom(f"{lib}:DwWeightGrad", out_shape=lambda dy, x, w: w,
+                                        out_dtype=lambda dy, x, w: w, func_type="aot")
         # kernel and pad as tuples, as nn.Conv2d passes them: MindSpore's ONNX exporter fails
         # on int attributes ("Cast value from type Int64Imm to ValueTuple failed")
         kernel, pad = (k, k), (k // 2,) * 4
@@ -102,20 +144,23 @@ class _DepthwiseFn(nn.Cell):
         return self.conv(x, w)
 
     def bprop(self, x, w, out, dout):
+        if self.kernel:
+            return self.kernel_dx(dout, w, x), self.kernel_dw(dout, x, w)
         dx = self.input_grad(dout, w, x.shape)
         return dx, banded_weight_grad(x, dout, self.k, self.stride, self.pad)
 
 
 class DepthwiseConv2d(nn.Cell):
-    """A depthwise ``nn.Conv2d`` (groups = channels, no bias, 'pad' k // 2) with the banded
-    weight gradient: the same parameter (``weight``, C x 1 x k x k, same init), so checkpoints
-    and exports are those of ``nn.Conv2d``; outputs identical, weight gradients equal to ~1e-7
-    relative."""
+    """A depthwise ``nn.Conv2d`` (groups = channels, no bias, 'pad' k // 2) with gradients of
+    its own (``grad``: ``kernel``, both from ``src/kernels/depthwise.cc``; ``banded``, the
+    weight gradient as batched products): the same parameter (``weight``, C x 1 x k x k, same
+    init), so checkpoints and exports are those of ``nn.Conv2d``; outputs identical,
+    gradients equal to ~1e-7 relative."""
 
-    def __init__(self, channels: int, k: int, stride: int):
+    def __init__(self, channels: int, k: int, stride: int, grad: str = "banded"):
         super().__init__()
         self.weight = Parameter(initializer(conv_init(), (channels, 1, k, k)), name="weight")
-        self.fn = _DepthwiseFn(channels, k, stride)
+        self.fn = _DepthwiseFn(channels, k, stride, grad)
 
     def construct(self, x):
         return self.fn(x, self.weight)
@@ -126,8 +171,9 @@ class ConvBNAct(nn.Cell):
 
     def __init__(self, spec: ConvSpec):
         super().__init__()
-        if banded_depthwise(spec):
-            self.conv = DepthwiseConv2d(spec.cin, spec.k, spec.stride)
+        grad = depthwise_grad(spec)
+        if grad != "native":
+            self.conv = DepthwiseConv2d(spec.cin, spec.k, spec.stride, grad)
         else:
             self.conv = nn.Conv2d(spec.cin, spec.cout, spec.k, stride=spec.stride,
                                   pad_mode="pad", padding=spec.padding, group=spec.groups,

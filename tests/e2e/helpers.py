@@ -26,7 +26,7 @@ def run_cli(script: str, *args, timeout: int = HANG, check: bool = True):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT,
                           env=cli_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{script} {' '.join(args)} exited {proc.returncode}\n"
+        raise AssertionError(f"{script} {' '.join(map(str, args))} exited {proc.returncode}\n"
                              f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
     return proc
 

@@ -55,18 +55,23 @@ def test_a_worker_that_cannot_start_is_one_error_line():
         "error: a benchmark worker ended (exit 2); its error is above")
 
 
-def test_both_depthwise_gradients_are_timed():
-    """--depthwise both: a worker of each kind; the banded one holds DepthwiseConv2d's, the
-    native one none, and the ratio is theirs."""
+def test_depthwise_gradients_are_timed_side_by_side():
+    """--depthwise native,kernel: a worker of each kind; the kernel one holds
+    DepthwiseConv2d's, the native one none, and the ratio is theirs."""
     r = last_json(run_cli("benchmarks/train_step.py", "--steps", "2", "--round_steps", "1",
                           "--batch_size", "2", "--image_size", "32", "--no_torch",
-                          "--threads", "1", "--depthwise", "both", "--json").stdout)
-    native, banded = r["depthwise"]["native"], r["depthwise"]["banded"]
-    assert native["banded"] == 0 and banded["banded"] > 0
-    assert native["threads"] == banded["threads"] == r["threads"] == 1
-    assert native["timed_steps"] == banded["timed_steps"] == 2
-    assert r["banded_vs_native"] == pytest.approx(banded["images_per_s"]
-                                                  / native["images_per_s"])
+                          "--threads", "1", "--depthwise", "native,kernel", "--json").stdout)
+    native, kernel = r["depthwise"]["native"], r["depthwise"]["kernel"]
+    assert native["depthwise_cells"] == 0 and kernel["depthwise_cells"] > 0
+    assert native["threads"] == kernel["threads"] == r["threads"] == 1
+    assert native["timed_steps"] == kernel["timed_steps"] == 2
+    assert r["vs_first"] == {"kernel": pytest.approx(kernel["images_per_s"]
+                                                     / native["images_per_s"])}
+
+
+def test_depthwise_kinds_are_checked():
+    proc = run_cli("benchmarks/train_step.py", "--depthwise", "native,fast", check=False)
+    assert proc.returncode == 2 and "expected one or more distinct of auto" in proc.stderr
 
 
 def test_depthwise_benchmark_checks_and_times_both():
@@ -78,4 +83,6 @@ def test_depthwise_benchmark_checks_and_times_both():
     for row in r["rows"]:
         assert row["native_ms"] > 0 and row["banded_ms"] > 0
         assert row["speedup"] == pytest.approx(row["native_ms"] / row["banded_ms"])
-        assert row["weight_grad_rel_err"] < 1e-4
+        assert row["kernel_ms"] > 0  # g++ is part of the set-up: the kernel is timed too
+        assert row["kernel_speedup"] == pytest.approx(row["native_ms"] / row["kernel_ms"])
+        assert row["grad_rel_err"] < 1e-4
