@@ -72,16 +72,20 @@ def depthwise_grad(spec: ConvSpec) -> str:
     gradients of every depthwise convolution, any size or stride) or ``banded``
     (``banded_depthwise``: the weight gradient as batched products).
 
-    ``auto`` (the default): on CPU the kernel wherever it builds (g++ with OpenMP): 1.5-3.2x
-    MindSpore's forward + backward per convolution, and no stall under contention
-    (docs/search_engine.md); where it does not build, the banded rule below.
-    ``HOURNAS_DEPTHWISE=native|banded|kernel`` forces one."""
+    ``auto`` (the default): on CPU in graph mode (training) the kernel wherever it builds (g++
+    with OpenMP): 1.1-1.8x MindSpore's forward + backward per convolution, no stall under
+    contention (docs/search_engine.md); where it does not build, the banded rule below.
+    PyNative (the search) keeps MindSpore's: there the kernel was 3.4-5.9x faster under load
+    but stage 1 of the built-in default took ~1.6x longer on an idle machine.
+    ``HOURNAS_DEPTHWISE=native|banded|kernel`` forces one (``kernel`` for a search on a
+    shared machine)."""
     choice = _depthwise_choice()
     depthwise = (spec.groups > 1 and spec.groups == spec.cin == spec.cout and not spec.bias
                  and spec.k % 2 == 1 and spec.padding == spec.k // 2 and spec.stride in (1, 2))
     if not depthwise or choice == "native":
         return "native"
-    if choice == "kernel" or (choice == "auto" and ms.get_context("device_target") == "CPU"):
+    if choice == "kernel" or (choice == "auto" and ms.get_context("device_target") == "CPU"
+                              and ms.get_context("mode") == ms.GRAPH_MODE):
         from src.kernels import depthwise_library
         if depthwise_library() is not None:
             return "kernel"

@@ -100,13 +100,21 @@ def test_kernel_results_do_not_depend_on_threads():
 
 
 def test_kernel_choice_and_fallback(monkeypatch, tmp_path, capsys):
-    """auto on CPU takes the kernel where it builds (g++ is part of this project's set-up);
-    where it cannot be built the choice falls back to the banded rule, with one note."""
+    """auto on CPU in graph mode takes the kernel where it builds (g++ is part of this
+    project's set-up), PyNative keeps MindSpore's; where the kernel cannot be built the
+    choice falls back to the banded rule, with one note."""
     spec = ConvSpec(cin=6, cout=6, k=3, stride=2, h_out=7, groups=6)
     monkeypatch.delenv(DEPTHWISE_ENV, raising=False)
     assert kernels.depthwise_library() is not None
-    assert depthwise_grad(spec) == "kernel"
-    assert isinstance(ConvBNAct(spec).conv, DepthwiseConv2d)
+    mode = ms.get_context("mode")
+    try:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        assert depthwise_grad(spec) == "native"
+        ms.set_context(mode=ms.GRAPH_MODE)
+        assert depthwise_grad(spec) == "kernel"
+        assert isinstance(ConvBNAct(spec).conv, DepthwiseConv2d)
+    finally:
+        ms.set_context(mode=mode)
     assert depthwise_grad(ConvSpec(cin=4, cout=8, k=3, stride=2, h_out=4)) == "native"
     monkeypatch.setenv(DEPTHWISE_ENV, "native")
     assert depthwise_grad(spec) == "native"
