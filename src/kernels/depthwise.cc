@@ -31,42 +31,6 @@ static inline int64_t last_ow(int64_t W, int64_t P, int64_t j, int64_t S, int64_
   return span < 0 ? 0 : std::min<int64_t>(OW, span / S + 1);
 }
 
-// params: x (N,C,H,W), w (C,1,k,k) -> y (N,C,OH,OW)
-extern "C" int DwForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream, void *extra) {
-  const float *x = static_cast<const float *>(params[0]);
-  const float *w = static_cast<const float *>(params[1]);
-  float *y = static_cast<float *>(params[2]);
-  const int64_t N = shapes[0][0], C = shapes[0][1], H = shapes[0][2], W = shapes[0][3];
-  const int64_t K = shapes[1][2], OH = shapes[2][2], OW = shapes[2][3], P = K / 2;
-  const int64_t S = stride_of(H, OH);
-#pragma omp parallel for schedule(static) num_threads(threads())
-  for (int64_t nc = 0; nc < N * C; ++nc) {
-    const int64_t c = nc % C;
-    const float *xp = x + nc * H * W;
-    float *yp = y + nc * OH * OW;
-    std::memset(yp, 0, sizeof(float) * OH * OW);
-    for (int64_t i = 0; i < K; ++i) {
-      for (int64_t j = 0; j < K; ++j) {
-        const float wv = w[(c * K + i) * K + j];
-        const int64_t ow0 = std::max<int64_t>(0, (P - j + S - 1) / S);
-        const int64_t ow1 = last_ow(W, P, j, S, OW);
-        for (int64_t oh = 0; oh < OH; ++oh) {
-          const int64_t ih = oh * S + i - P;
-          if (ih < 0 || ih >= H) continue;
-          const float *xr = xp + ih * W + (j - P);
-          float *yr = yp + oh * OW;
-          if (S == 1) {
-            for (int64_t ow = ow0; ow < ow1; ++ow) yr[ow] += wv * xr[ow];
-          } else {
-            for (int64_t ow = ow0; ow < ow1; ++ow) yr[ow] += wv * xr[ow * S];
-          }
-        }
-      }
-    }
-  }
-  return 0;
-}
-
 // params: dy (N,C,OH,OW), w (C,1,k,k), x (N,C,H,W) [shape only] -> dx (N,C,H,W)
 extern "C" int DwInputGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream, void *extra) {
   const float *dy = static_cast<const float *>(params[0]);
