@@ -95,6 +95,7 @@ class SearchParams:
     w_weight_decay: float = 4e-5
     arch_lr: float = 0.01
     arch_lr_nvital: float | None = None  # θ's Adam lr in stage 2 (Π, Θ); null: arch_lr
+    warmup_nvital: int = 0  # of epochs_nvital, the first ones train only the weights (θ frozen)
     arch_weight_decay: float = 0.0
     tau: float = 5.0
     tau_decay: float = 0.9999
@@ -123,6 +124,10 @@ class SearchParams:
                                f"search.vital_priori=false)")
         if self.epochs_nvital < 1:
             raise HourNASError(f"search.epochs_nvital must be >= 1, got {self.epochs_nvital}")
+        if not 0 <= self.warmup_nvital < self.epochs_nvital:
+            raise HourNASError(f"search.warmup_nvital (stage 2's first epochs that train only "
+                               f"the weights) must be in [0, search.epochs_nvital - 1 = "
+                               f"{self.epochs_nvital - 1}], got {self.warmup_nvital}")
         if self.batch_size < 1:
             raise HourNASError(f"search.batch_size must be >= 1, got {self.batch_size}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:

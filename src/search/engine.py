@@ -154,6 +154,7 @@ def search_nonvital(run: SearchRun, layers: list[int], fixed: dict[int, int],
     stage 1's weights for the shared parts. A finished search derives again from its state."""
     name = "nonvital" if run.p.vital_priori else "single"
     stage = build_stage(run, name, layers, fixed, None, proposals, table, run.p.epochs_nvital)
+    stage.warmup = run.p.warmup_nvital
     if saved is None and vital is not None:
         carry_vital_weights(run, vital, stage)
     start_or_restore(run, stage, saved)

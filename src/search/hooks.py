@@ -91,15 +91,19 @@ class StepLogger:
         log(f"{STAGE_LABELS[stage.name]}: {len(stage.net.searched)} searched layers, "
             f"{self.epochs} epoch(s) x {self.steps} steps, batch {run.p.batch_size}"
             + (f" ({run.rank_batch} per rank)" if run.group_size > 1 else "")
-            + f", θ's lr {stage.adam.lr:g}, executor {stage.executor.name}")
+            + f", θ's lr {stage.adam.lr:g}"
+            + (f" (frozen in the first {stage.warmup} epoch(s): warm-up)" if stage.warmup else "")
+            + f", executor {stage.executor.name}")
 
     def __call__(self, it) -> None:
         run, st = self.run, self.run.state
         run.log.write(**step_record(run, self.stage, it))
         if run.rank_log is not None:
+            a_path = it.a_path
             run.rank_log.write(stage=it.stage, global_step=st.global_step, path=it.w_path.indices,
-                               proposal=it.w_path.proposal, a_path=it.a_path.indices,
-                               a_proposal=it.a_path.proposal)
+                               proposal=it.w_path.proposal,
+                               a_path=a_path.indices if a_path else None,
+                               a_proposal=a_path.proposal if a_path else None)
         done = st.stage_step - self.done_at_start
         now = time.perf_counter()
         st.stage_seconds[it.stage] = st.stage_seconds.get(it.stage, 0.0) + (now - self.t_last)
@@ -111,9 +115,11 @@ class StepLogger:
         if st.stage_step % run.p.log_every == 0 or st.stage_step == self.total:
             if self.bar:
                 sys.stderr.write("\r\033[K")
+            arch = (f"a_loss {it.a.loss:.3f} reg {it.a.reg:.4f}" if it.a else
+                    "θ frozen (warm-up)")
             log(f"[{it.stage}] epoch {st.epoch + 1}/{self.epochs} step {st.step}/{self.steps} | "
                 f"{per_step:.2f} s/step | ETA {hms(eta)} | w_loss {it.w.loss:.3f} acc "
-                f"{it.w.acc:.2f} | a_loss {it.a.loss:.3f} reg {it.a.reg:.4f} | tau {it.tau:.4f}")
+                f"{it.w.acc:.2f} | {arch} | tau {it.tau:.4f}")
 
     def end(self) -> None:
         """The stage's learned accuracy (state and console); data parallel: its digests."""
@@ -137,8 +143,9 @@ def step_record(run, stage, it) -> dict:
     _, probs = arch.probabilities()
     return {"stage": it.stage, "epoch": st.epoch, "step": st.step,
             "global_step": st.global_step, "tau": it.tau, "lr": it.lr,
-            "w_loss": it.w.loss, "w_acc": it.w.acc, "a_loss": it.a.loss,
-            "a_ce": it.a.ce, "a_reg": it.a.reg, "a_acc": it.a.acc,
+            "w_loss": it.w.loss, "w_acc": it.w.acc,
+            **({"a_loss": it.a.loss, "a_ce": it.a.ce, "a_reg": it.a.reg, "a_acc": it.a.acc}
+               if it.a else {"warmup": True}),
             "path": it.w_path.indices, "proposal": it.w_path.proposal,
             "entropy": float(-(probs * np.log(probs + 1e-12)).sum(axis=-1).mean()),
             **({"pi": arch.probabilities()[0].round(5).tolist()} if arch.use_proposals else {}),

@@ -6,7 +6,11 @@ One iteration is one weight step then one architecture step:
    from Π, then a path from its θ_j) with fresh Gumbel noise, SGD on that path's weights at
    ``weight_lr`` (``search.w_lr_schedule``: cosine or constant) (lines 5 / 17);
 2. a batch of the 20% split (``arch_batches``), another path with fresh noise, the gradient of
-   CE (+ α·T in stage 2) for θ (Π, Θ), Adam on the host (lines 8 / 20).
+   CE (+ α·T in stage 2) for θ (Π, Θ), Adam on the host (lines 8 / 20). Not in the stage's
+   first ``warmup`` epochs (``search.warmup_nvital``, stage 2): there the weights train on
+   paths drawn from θ as it started (Π uniform over the solved proposals), so that no path is
+   trained more because θ already favoured it (the warm-up of FBNet and ProxylessNAS; not in
+   the paper).
 
 The paper alternates per epoch (a pass over the weight split, then one over the architecture
 split); this loop alternates per step. Both see the same data per epoch; per-step alternation
@@ -40,6 +44,7 @@ class Stage:
     executor: object       # src.search.step.Executor
     table: object          # stage 2: the ResourceTable of the searched layers; S_vital: None
     epochs: int
+    warmup: int = 0        # the first epochs train only the weights (θ frozen; no arch step)
 
 
 @dataclass
@@ -51,8 +56,8 @@ class Iteration:
     lr: float
     w_path: PathSample
     w: StepResult
-    a_path: PathSample
-    a: StepResult
+    a_path: PathSample | None  # None in a warm-up epoch (θ frozen)
+    a: StepResult | None
     seconds: float
 
 
@@ -69,12 +74,15 @@ def bilevel_loop(run, stage: Stage, hooks: Sequence[Callable[[Iteration], None]]
         # weights: a path sampled from θ (Π, Θ), SGD on its weights, 80% split
         w_path = sample_path(arch, run.noise, tau)
         w = stage.executor.weight_step(x, y, w_path, lr)
-        # architecture: another path, CE + α·T on the 20% split, Adam on θ (Π, Θ)
-        xv, yv = next(val)
-        a_path = sample_path(arch, run.noise, tau)
-        a = stage.executor.arch_step(xv, yv, a_path)
-        arch.assign(stage.adam.step(arch.values(), a.grads))
-        check_finite_losses(run, stage, w.loss, a.loss)
+        # architecture: another path, CE + α·T on the 20% split, Adam on θ (Π, Θ); not in a
+        # warm-up epoch, where the weights train on paths from θ as it started
+        a_path = a = None
+        if state.epoch >= stage.warmup:
+            xv, yv = next(val)
+            a_path = sample_path(arch, run.noise, tau)
+            a = stage.executor.arch_step(xv, yv, a_path)
+            arch.assign(stage.adam.step(arch.values(), a.grads))
+        check_finite_losses(run, stage, w.loss, a.loss if a else 0.0)
         state.advance()
         it = Iteration(stage.name, tau, lr, w_path, w, a_path, a, time.perf_counter() - t0)
         for hook in hooks:

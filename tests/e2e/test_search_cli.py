@@ -86,6 +86,31 @@ def test_no_vital_priori_single_stage(tmp_path, full_run):
     assert all(len(r["path"]) == 7 for r in log)
 
 
+def test_stage_2_warm_up_trains_only_the_weights_then_searches(tmp_path, full_run):
+    """search.warmup_nvital: stage 2's first epoch draws paths from the solved proposals with
+    Π uniform and leaves Π, Θ as they were; the epochs after it search as usual."""
+    proc = _search(tmp_path, "--set", "search.epochs_nvital=2", "--set", "search.warmup_nvital=1")
+    summary = last_json(proc.stdout)
+    assert "frozen in the first 1 epoch(s): warm-up" in proc.stdout + proc.stderr
+    log = [json.loads(x) for x in open(tmp_path / "search_log.jsonl")]
+    s2 = [r for r in log if r["stage"] == "nonvital"]
+    warm, searched = [r for r in s2 if r["epoch"] == 0], [r for r in s2 if r["epoch"] == 1]
+    assert len(warm) == len(searched) == 4
+    assert all(r.get("warmup") is True and "a_loss" not in r for r in warm)
+    assert all("a_loss" in r and "warmup" not in r for r in searched)
+    m = len(warm[0]["pi"])
+    assert all(r["pi"] == [round(1 / m, 5)] * m for r in warm)        # Π stays uniform
+    assert len({r["entropy"] for r in warm}) == 1                     # Θ stays the proposals
+    assert searched[-1]["pi"] != warm[-1]["pi"] and searched[-1]["entropy"] != warm[-1]["entropy"]
+    # the weights did train in the warm-up: its paths are stage 2's, drawn from the proposals
+    assert len({tuple(r["path"]) for r in warm}) > 1
+    assert summary["ops"] != {} and os.path.exists(tmp_path / "arch.yaml")
+    # stage 1 is the reference run's, bit for bit
+    ref = [json.loads(x) for x in open(full_run[0] / "search_log.jsonl")]
+    assert [r["w_loss"] for r in log if r["stage"] == "vital"] == \
+        [r["w_loss"] for r in ref if r["stage"] == "vital"]
+
+
 def test_gumbel_softmax_all_path_ablation(tmp_path):
     summary = last_json(_search(tmp_path, "--set", "search.sampler=gumbel_softmax").stdout)
     assert summary["executor"] == "allpath"

@@ -370,7 +370,7 @@ def test_step_logger_writes_one_record_per_iteration_and_the_stage_accuracy(tmp_
     assert steps > STAGE_ACCURACY_STEPS  # the learned figure is over the last steps only
     run = _logger_run(tmp_path, steps, log_every)
     net = SimpleNamespace(searched=[3, 6, 7])
-    stage = SimpleNamespace(name="vital", epochs=1, net=net, table=None,
+    stage = SimpleNamespace(name="vital", epochs=1, warmup=0, net=net, table=None,
                             arch=ArchParams(3, num_ops), executor=SimpleNamespace(name="eager"),
                             adam=SimpleNamespace(lr=0.03))
     run.log.reset()
@@ -706,6 +706,17 @@ def test_check_finite_state_names_the_rate_the_saved_stage_used(tiny, tmp_path, 
         check_finite_state(run, {"stem.conv.weight": np.ones(2)}, values, stage)
     assert _lowered_for(run, rate) in str(e.value)
     assert ("arch_lr_nvital" in str(e.value)) == (stage == "nonvital")
+
+
+@pytest.mark.parametrize("warmup, ok", [(0, True), (2, True), (3, False), (-1, False)])
+def test_warmup_nvital_leaves_stage_2_at_least_one_searching_epoch(warmup, ok):
+    p = SearchParams(epochs_nvital=3, warmup_nvital=warmup)
+    if ok:
+        p.validate()
+        return
+    with pytest.raises(HourNASError, match=r"search.warmup_nvital .* must be in \[0, "
+                                           r"search.epochs_nvital - 1 = 2\], got " + str(warmup)):
+        p.validate()
 
 
 def test_arch_lr_nvital_without_the_vital_priori_is_refused():
