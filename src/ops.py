@@ -117,9 +117,10 @@ def banded_weight_grad(x, dout, k: int, stride: int, pad: int):
 
 
 class _DepthwiseFn(nn.Cell):
-    """y = depthwise conv(x, w) (MindSpore's forward: outputs and exports unchanged);
-    backward: ``grad="kernel"`` both gradients from ``src/kernels/depthwise.cc``,
-    ``grad="banded"`` the native input gradient and the banded weight one."""
+    """y = depthwise conv(x, w); ``grad="kernel"``: forward in training and both gradients
+    from ``src/kernels/depthwise.cc`` (evaluation and exports run MindSpore's forward, so
+    their outputs and files are unchanged); ``grad="banded"``: MindSpore's forward and input
+    gradient, the banded weight gradient."""
 
     def __init__(self, channels: int, k: int, stride: int, grad: str = "banded"):
         super().__init__()
@@ -132,6 +133,10 @@ class _DepthwiseFn(nn.Cell):
                 raise HourNASError("the depthwise kernel is not built (no g++ with OpenMP?); "
                                    f"set {DEPTHWISE_ENV}=native")
             set_threads(context_facts().get("threads") or 0)
+            out = lambda n: (n + 2 * (k // 2) - k) // stride + 1  # noqa: E731
+            self.kernel_y = ops.Custom(f"{lib}:DwForward",
+                                       out_shape=lambda x, w: [x[0], x[1], out(x[2]), out(x[3])],
+                                       out_dtype=lambda x, w: x, func_type="aot")
             self.kernel_dx = ops.Custom(f"{lib}:DwInputGrad", out_shape=lambda dy, w, x: x,
                                         out_dtype=lambda dy, w, x: x, func_type="aot")
             self.kernel_dw = ops.Custom(f"{lib}:DwWeightGrad", out_shape=lambda dy, x, w: w,
@@ -145,6 +150,8 @@ class _DepthwiseFn(nn.Cell):
                                                   stride=stride, group=channels)
 
     def construct(self, x, w):
+        if self.kernel and self.training:
+            return self.kernel_y(x, w)
         return self.conv(x, w)
 
     def bprop(self, x, w, out, dout):
@@ -155,11 +162,12 @@ class _DepthwiseFn(nn.Cell):
 
 
 class DepthwiseConv2d(nn.Cell):
-    """A depthwise ``nn.Conv2d`` (groups = channels, no bias, 'pad' k // 2) with gradients of
-    its own (``grad``: ``kernel``, both from ``src/kernels/depthwise.cc``; ``banded``, the
-    weight gradient as batched products): the same parameter (``weight``, C x 1 x k x k, same
-    init), so checkpoints and exports are those of ``nn.Conv2d``; outputs identical,
-    gradients equal to ~1e-7 relative."""
+    """A depthwise ``nn.Conv2d`` (groups = channels, no bias, 'pad' k // 2) with kernels of
+    its own (``grad``: ``kernel``, the training forward and both gradients from
+    ``src/kernels/depthwise.cc``; ``banded``, the weight gradient as batched products): the
+    same parameter (``weight``, C x 1 x k x k, same init), so checkpoints and exports are
+    those of ``nn.Conv2d``; evaluation outputs identical, training outputs and gradients
+    equal to ~1e-7 relative."""
 
     def __init__(self, channels: int, k: int, stride: int, grad: str = "banded"):
         super().__init__()

@@ -44,10 +44,12 @@ def _pair(c: int, k: int, stride: int, grad: str = "banded"):
 # stride-2 convolution ends inside the padding and where it does not
 SHAPES = [(2, 3, 7, 3, 1), (2, 3, 7, 3, 2), (3, 4, 8, 5, 2), (2, 5, 6, 7, 1), (1, 2, 5, 5, 2),
           (2, 3, 9, 7, 2), (4, 6, 4, 5, 1)]
+# planes smaller than the kernel: every tap of some outputs reads padding
+TINY = [(2, 3, 1, 3, 2), (2, 3, 2, 5, 2), (2, 3, 1, 3, 1), (2, 3, 2, 7, 1), (1, 2, 3, 7, 1)]
 
 
 @pytest.mark.parametrize("grad", ["banded", "kernel"])
-@pytest.mark.parametrize("shape", SHAPES + [(2, 3, 1, 3, 2), (2, 3, 2, 5, 2)],
+@pytest.mark.parametrize("shape", SHAPES + TINY,
                          ids=lambda s: "n{}c{}h{}k{}s{}".format(*s))
 def test_matches_native_convolution(shape, grad):
     n, c, h, k, s = shape
@@ -68,6 +70,30 @@ def test_matches_native_convolution(shape, grad):
     assert np.abs(dw_n).max() > 1e-3
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["pynative", "jit"])
+@pytest.mark.parametrize("shape", SHAPES + TINY,
+                         ids=lambda s: "n{}c{}h{}k{}s{}".format(*s))
+def test_kernel_training_forward_matches_native(shape, jit):
+    """In training the kernel computes the forward too: MindSpore's outputs and gradients to
+    float rounding (another summation order); evaluation keeps MindSpore's forward."""
+    n, c, h, k, s = shape
+    rng = np.random.default_rng(sum(shape) + 7)
+    x = Tensor(rng.standard_normal((n, c, h, h)).astype(np.float32))
+    native, cell = _pair(c, k, s, "kernel")
+    cell.set_train(True)
+    y_n, y_k = native(x).asnumpy(), cell(x).asnumpy()
+    assert y_k.shape == y_n.shape
+    assert np.abs(y_k - y_n).max() <= 1e-5 * np.abs(y_n).max()
+    r = Tensor(rng.standard_normal(y_n.shape).astype(np.float32))
+    loss_n, dx_n, dw_n = _grads(native, x, r, jit=jit)
+    loss_k, dx_k, dw_k = _grads(cell, x, r, jit=jit)
+    assert abs(loss_k - loss_n) <= 1e-5 * np.abs(y_n * r.asnumpy()).sum()
+    assert np.abs(dx_k - dx_n).max() <= 1e-5 * np.abs(dx_n).max()
+    assert np.abs(dw_k - dw_n).max() <= 1e-5 * np.abs(dw_n).max()
+    cell.set_train(False)
+    np.testing.assert_array_equal(cell(x).asnumpy(), y_n)
+
+
 @pytest.mark.parametrize("grad", ["banded", "kernel"])
 def test_matches_native_convolution_compiled(grad):
     """Under ms.jit (the trainer's graph mode) the custom backward is the one compiled."""
@@ -83,10 +109,12 @@ def test_matches_native_convolution_compiled(grad):
 
 
 def test_kernel_results_do_not_depend_on_threads():
-    """Each gradient element is summed in a fixed order: one thread or two, the same bits."""
+    """Each output and gradient element is summed in a fixed order: one thread or two, the
+    same bits."""
     rng = np.random.default_rng(4)
     x = Tensor(rng.standard_normal((4, 6, 10, 10)).astype(np.float32))
     _, cell = _pair(6, 3, 1, "kernel")
+    cell.set_train(True)  # the kernel's forward
     r = Tensor(rng.standard_normal(cell(x).shape).astype(np.float32))
     try:
         out = []
@@ -192,6 +220,8 @@ def test_exports_like_native(tmp_path, grad):
     rng = np.random.default_rng(2)
     x = Tensor(rng.standard_normal((2, 4, 16, 16)).astype(np.float32))
     _, banded = _pair(4, 3, 1, grad)
+    banded.set_train(True)   # trained, then exported in evaluation mode (as export.py does)
+    banded.set_train(False)
     path = str(tmp_path / "dw")
     ms.export(banded, x, file_name=path, file_format="MINDIR")
     loaded = nn.GraphCell(ms.load(path + ".mindir"))
