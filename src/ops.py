@@ -134,7 +134,9 @@ class _DepthwiseFn(nn.Cell):
                                    f"set {DEPTHWISE_ENV}=native")
             set_threads(context_facts().get("threads") or 0)
             out = lambda n: (n + 2 * (k // 2) - k) // stride + 1  # noqa: E731
-            self.kernel_y = ops.Custom(f"{lib}:DwForward",
+            # one function name per stride: PyNative caches the inferred output shape by name
+            # and input shapes (depthwise.cc, DwForwardS2)
+            self.kernel_y = ops.Custom(f"{lib}:DwForward" + ("S2" if stride == 2 else ""),
                                        out_shape=lambda x, w: [x[0], x[1], out(x[2]), out(x[3])],
                                        out_dtype=lambda x, w: x, func_type="aot")
             self.kernel_dx = ops.Custom(f"{lib}:DwInputGrad", out_shape=lambda dy, w, x: x,

@@ -215,3 +215,11 @@ extern "C" int DwWeightGrad(int nparam, void **params, int *ndims, int64_t **sha
   else weight_grad(dy, x, dw, N, C, Planes<2>(H, W, K, OH, OW));
   return 0;
 }
+
+// The stride-2 forward under another name: PyNative caches a Custom op's inferred output shape
+// by its function and input shapes, so one name for both strides gave a stride-2 call the
+// stride-1 output shape (a buffer too small: a crash, non-finite weights) after a stride-1
+// call on the same shapes. The shapes still decide the stride inside.
+extern "C" int DwForwardS2(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream, void *extra) {
+  return DwForward(nparam, params, ndims, shapes, dtypes, stream, extra);
+}

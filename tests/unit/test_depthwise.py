@@ -216,16 +216,20 @@ def test_choice(monkeypatch):
 
 @pytest.mark.parametrize("grad", ["banded", "kernel"])
 def test_exports_like_native(tmp_path, grad):
-    """MINDIR export and load of the Cell give the forward convolution's outputs exactly."""
+    """MINDIR export and load of the Cell give the native convolution's outputs exactly, after
+    the Cell ran in training mode (the kernel's forward, for ``kernel``)."""
     rng = np.random.default_rng(2)
     x = Tensor(rng.standard_normal((2, 4, 16, 16)).astype(np.float32))
-    _, banded = _pair(4, 3, 1, grad)
+    native, banded = _pair(4, 3, 1, grad)
+    want = native(x).asnumpy()
     banded.set_train(True)   # trained, then exported in evaluation mode (as export.py does)
+    np.testing.assert_allclose(banded(x).asnumpy(), want, rtol=1e-5, atol=1e-5)
     banded.set_train(False)
     path = str(tmp_path / "dw")
     ms.export(banded, x, file_name=path, file_format="MINDIR")
     loaded = nn.GraphCell(ms.load(path + ".mindir"))
-    np.testing.assert_array_equal(loaded(x).asnumpy(), banded(x).asnumpy())
+    np.testing.assert_array_equal(loaded(x).asnumpy(), want)
+    np.testing.assert_array_equal(banded(x).asnumpy(), want)
 
 
 @pytest.mark.parametrize("grad", ["banded", "kernel"])
@@ -240,3 +244,23 @@ def test_exports_to_onnx(tmp_path, grad):
     path = str(tmp_path / "dw.onnx")
     mindspore.onnx.export(banded, x, file_name=path)
     assert os.path.getsize(path) > 4 * 5 * 5 * 4   # holds at least the 4 x 1 x 5 x 5 weight
+
+
+def test_kernel_forward_in_pynative_after_the_other_stride():
+    """PyNative (the search's mode) caches a Custom op's inferred output shape by function name
+    and input shapes: a stride-2 forward after a stride-1 one on the same shapes once got the
+    stride-1 output shape (a search failed on it at its first stage-2 step). Each gives
+    MindSpore's output, in either order."""
+    mode = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        x = Tensor(np.random.default_rng(5).standard_normal((2, 4, 16, 16)).astype(np.float32))
+        for order in ((1, 2), (2, 1)):
+            for s in order:
+                native, cell = _pair(4, 3, s, "kernel")
+                cell.set_train(True)
+                y_n, y_k = native(x).asnumpy(), cell(x).asnumpy()
+                assert y_k.shape == y_n.shape == (2, 4, 16 // s, 16 // s)
+                assert np.abs(y_k - y_n).max() <= 1e-5 * np.abs(y_n).max()
+    finally:
+        ms.set_context(mode=mode)
