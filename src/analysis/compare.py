@@ -520,11 +520,12 @@ def write_results(cmp: Compare, nets: list[Net], stats: dict, ranks: dict) -> di
     done = sorted([n for n in nets if n.top1 is not None], key=lambda n: -n.top1)
     for k, n in enumerate(done, 1):
         n.rank = k
+    agree = recipe_agreement(nets) if cmp.cfg.archs_from else None
     result = {"output_dir": cmp.out,
               "config": {k: getattr(cmp.cfg, k) for k in CompareConfig.__dataclass_fields__},
               "nets": [{**n.__dict__, "rank": getattr(n, "rank", None)} for n in nets],
               "groups": stats, "kendall_tau": {str(k): v for k, v in ranks.items()},
-              "verdict": verdict(stats), "recipes": recipe_agreement(nets),
+              "verdict": verdict(stats), "recipes": agree,
               "pending": step_counts(cmp)}
     atomic_write_text(cmp.path("compare.json"), json.dumps(result, indent=2) + "\n")
     buf = io.StringIO()
@@ -537,14 +538,15 @@ def write_results(cmp: Compare, nets: list[Net], stats: dict, ranks: dict) -> di
                    + [n.supernet.get(s, "") for s in cmp.cfg.seeds])
     atomic_write_text(cmp.path("compare.csv"), buf.getvalue())
     atomic_write_text(cmp.path("compare.md"), markdown(cmp, nets, stats, ranks,
-                                                       result["pending"]))
+                                                       result["pending"], agree))
     if done:
         plot(cmp, nets, ranks)
     return result
 
 
 def markdown(cmp: Compare, nets: list[Net], stats: dict, ranks: dict,
-             pending: dict[str, int] | None = None) -> str:
+             pending: dict[str, int] | None = None, agree: dict | None = None) -> str:
+    """compare.md; ``agree`` is ``recipe_agreement``'s result (with ``archs_from``)."""
     seeds = cmp.cfg.seeds
     there = cmp.cfg.archs_from
     source = f"; networks of {there}" if there else ""
@@ -578,7 +580,6 @@ def markdown(cmp: Compare, nets: list[Net], stats: dict, ranks: dict,
                          f"n = {t['n'][0]} and {t['n'][1]}: p = {t['p']:.2f}"
                          + ("; no difference beyond chance at these counts)." if t["p"] >= 0.05
                             else ")."))
-    agree = recipe_agreement(nets) if there else None
     if agree:
         means = "; ".join(f"{g} {v['there']:.2f} -> {v['here']:.2f}% (n = {v['n']})"
                           for g, v in agree["groups"].items())

@@ -150,7 +150,7 @@ def test_two_recipes_on_the_same_networks_are_set_side_by_side(tmp_path):
     assert r["n"] == 4 and r["tau"] == pytest.approx(0.0)
     assert r["groups"]["searched"] == {"n": 2, "there": 85.25, "here": 87.5}
     assert r["groups"]["random"] == {"n": 2, "there": 86.5, "here": 87.5}
-    page = markdown(cmp, nets, group_stats(nets), {})
+    page = markdown(cmp, nets, group_stats(nets), {}, agree=r)
     assert f"top-1 in {tmp_path / 'x1'} (%)" in page
     assert "| searched_s0 | searched | — | — | — | 88.00 | — | 85.00 |" in page
     assert "| random_03 | random | — | — | — | — | — | 84.00 |" in page
