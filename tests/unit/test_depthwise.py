@@ -2,6 +2,7 @@
 compiled kernel, src/kernels/depthwise.cc, or the banded weight gradient) is the native one in
 everything but speed: same outputs, the same gradients to float rounding, the same parameter,
 so checkpoints and exports do not change."""
+import contextlib
 import os
 
 import numpy as np
@@ -75,7 +76,27 @@ def test_matches_native_convolution(shape, grad):
                          ids=lambda s: "n{}c{}h{}k{}s{}".format(*s))
 def test_kernel_training_forward_matches_native(shape, jit):
     """In training the kernel computes the forward too: MindSpore's outputs and gradients to
-    float rounding (another summation order); evaluation keeps MindSpore's forward."""
+    float rounding (another summation order); evaluation keeps MindSpore's forward. ``pynative``
+    runs in PyNative mode (the search's), ``jit`` under ms.jit in graph mode (retraining's)."""
+    if jit:
+        _forward_and_grads_match(shape, jit)
+        return
+    with _pynative():
+        _forward_and_grads_match(shape, jit)
+
+
+@contextlib.contextmanager
+def _pynative():
+    """PyNative mode for the block (the suite's default is graph mode: tests/conftest.py)."""
+    mode = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        yield
+    finally:
+        ms.set_context(mode=mode)
+
+
+def _forward_and_grads_match(shape, jit):
     n, c, h, k, s = shape
     rng = np.random.default_rng(sum(shape) + 7)
     x = Tensor(rng.standard_normal((n, c, h, h)).astype(np.float32))
@@ -249,11 +270,9 @@ def test_exports_to_onnx(tmp_path, grad):
 def test_kernel_forward_in_pynative_after_the_other_stride():
     """PyNative (the search's mode) caches a Custom op's inferred output shape by function name
     and input shapes: a stride-2 forward after a stride-1 one on the same shapes once got the
-    stride-1 output shape (a search failed on it at its first stage-2 step). Each gives
+    stride-1 output shape (searches failed on it in stage 2). Each gives
     MindSpore's output, in either order."""
-    mode = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    try:
+    with _pynative():
         x = Tensor(np.random.default_rng(5).standard_normal((2, 4, 16, 16)).astype(np.float32))
         for order in ((1, 2), (2, 1)):
             for s in order:
@@ -262,5 +281,3 @@ def test_kernel_forward_in_pynative_after_the_other_stride():
                 y_n, y_k = native(x).asnumpy(), cell(x).asnumpy()
                 assert y_k.shape == y_n.shape == (2, 4, 16 // s, 16 // s)
                 assert np.abs(y_k - y_n).max() <= 1e-5 * np.abs(y_n).max()
-    finally:
-        ms.set_context(mode=mode)
