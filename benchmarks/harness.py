@@ -72,16 +72,28 @@ def serve(setup, step) -> int:
     return 0
 
 
-def rss_gb() -> float:
-    """This process's resident memory in GiB (Linux; 0 where /proc is missing)."""
+def _status_gb(key: str) -> float:
+    """A memory line of /proc/self/status in GiB (Linux; 0 where /proc is missing)."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 2**20
     except OSError:
         pass
     return 0.0
+
+
+def rss_gb() -> float:
+    """This process's resident memory now, in GiB."""
+    return _status_gb("VmRSS")
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far (its high-water mark), in GiB: what a
+    worker reports with each answer, so a benchmark can set two frameworks' peaks side by
+    side (each worker is its own process, so the figure is that framework's alone)."""
+    return _status_gb("VmHWM")
 
 
 def memory_gb() -> float:

@@ -15,7 +15,10 @@ untimed repeat; set-up and warm-up (``graph``: every candidate compiled once) ar
 apart as ``warmup_s``. ``single_path_s`` is the device's default executor (weight + arch step),
 ``all_path_s`` the FBNet-style all-path step, ``ratio`` their quotient (the paper: ~O = 9).
 ``pytorch_s`` is the same single-path step (same paths, same layer plans, straight-through
-Gumbel-Max) of a PyTorch twin, ``vs_pytorch`` = single_path_s / pytorch_s.
+Gumbel-Max) of a PyTorch twin, ``vs_pytorch`` = single_path_s / pytorch_s. ``peak_rss_gb`` is
+each executor's (and PyTorch's) peak resident memory: every one runs in a worker process of its
+own, so it is that process's high-water mark over set-up, warm-up and the timed repeats;
+``rss_vs_eager_per_executor`` and ``rss_vs_pytorch_per_executor`` are their quotients.
 
 How it measures: MindSpore and PyTorch each run in their own worker process with the same
 thread count (PyTorch with OMP_WAIT_POLICY=PASSIVE); the parent sends both the same paths and
@@ -33,7 +36,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.harness import (Worker, interleave, median, memory_gb, rss_gb,  # noqa: E402
+from benchmarks.harness import (Worker, interleave, median, memory_gb, peak_rss_gb, rss_gb,  # noqa: E402
                                 serve)
 
 FULL = {"space": "fbnet_cifar10", "width": 1.0, "batch": 64}
@@ -122,7 +125,7 @@ def mindspore_worker(args) -> int:
         for name, ex in state["ex"].items():
             if name == "allpath" and not req["allpath"]:
                 continue
-            out[name] = _one_step(ex, req["path"], g)
+            out[name] = dict(_one_step(ex, req["path"], g), peak_rss_gb=peak_rss_gb())
         return out
 
     def _one_step(ex, path, g):
@@ -183,7 +186,8 @@ def torch_worker(args) -> int:
         loss = F.cross_entropy(net(x, a, path), y)
         torch.autograd.grad(loss, [theta])
         t2 = time.perf_counter()
-        return {"pytorch": {"weight_s": t1 - t0, "arch_s": t2 - t1}}
+        return {"pytorch": {"weight_s": t1 - t0, "arch_s": t2 - t1,
+                            "peak_rss_gb": peak_rss_gb()}}
 
     return serve(setup, step)
 
@@ -198,7 +202,8 @@ def summarize(spec, ms_ready, answers, torch_answers, default: str, loads) -> di
                                                                  if name in a]
         w, a = median([r["weight_s"] for r in rows]), median([r["arch_s"] for r in rows])
         execs[name] = {"weight_s": round(w, 4), "arch_s": round(a, 4), "step_s": round(w + a, 4),
-                       "warmup_s": round(warm, 2), "timed_repeats": len(rows)}
+                       "warmup_s": round(warm, 2), "timed_repeats": len(rows),
+                       "peak_rss_gb": _peak(answers, name)}
     out = {"space": spec["space"], "width": spec["width"], "batch": spec["batch"],
            "layers": ms_ready["layers"], "ops": ms_ready["ops"], "params": ms_ready["params"],
            "executors": execs, "default_executor": default, "load_avg_1min": loads}
@@ -214,13 +219,28 @@ def summarize(spec, ms_ready, answers, torch_answers, default: str, loads) -> di
     if torch_answers:
         rows = [a["pytorch"] for a in torch_answers[1:]]
         w, a = median([r["weight_s"] for r in rows]), median([r["arch_s"] for r in rows])
-        out["pytorch"] = {"weight_s": round(w, 4), "arch_s": round(a, 4)}
+        out["pytorch"] = {"weight_s": round(w, 4), "arch_s": round(a, 4),
+                          "peak_rss_gb": _peak(torch_answers, "pytorch")}
         out["pytorch_s"] = round(w + a, 4)
         if "single_path_s" in out:
             out["vs_pytorch"] = round(out["single_path_s"] / out["pytorch_s"], 2)
         out["vs_pytorch_per_executor"] = {n: round(e["step_s"] / out["pytorch_s"], 2)
                                           for n, e in execs.items() if n != "allpath"}
+        if out["pytorch"]["peak_rss_gb"] > 0:
+            out["rss_vs_pytorch_per_executor"] = {
+                n: round(e["peak_rss_gb"] / out["pytorch"]["peak_rss_gb"], 2)
+                for n, e in execs.items()}
+    if "eager" in execs and execs["eager"]["peak_rss_gb"] > 0:
+        out["rss_vs_eager_per_executor"] = {
+            n: round(e["peak_rss_gb"] / execs["eager"]["peak_rss_gb"], 2)
+            for n, e in execs.items()}
     return out
+
+
+def _peak(answers: list[dict], name: str) -> float:
+    """A worker's peak resident memory (GiB) over its answers: each executor runs in a worker
+    process of its own, so this is its set-up, warm-up and timed steps alone."""
+    return round(max((a[name]["peak_rss_gb"] for a in answers if name in a), default=0.0), 3)
 
 
 def run_size(args, size: str, threads: int, have_torch: bool) -> dict:
@@ -319,9 +339,11 @@ def main() -> int:
         sizes[size] = run_size(args, size, threads, have_torch)
         s = sizes[size]
         print(f"[{size}] " + ", ".join(f"{n} {e['step_s']:.3f} s (weight {e['weight_s']:.3f} + "
-                                        f"arch {e['arch_s']:.3f}; warm-up {e['warmup_s']:.1f} s)"
+                                        f"arch {e['arch_s']:.3f}; warm-up {e['warmup_s']:.1f} s; "
+                                        f"peak {e['peak_rss_gb']:.2f} GiB)"
                                         for n, e in s["executors"].items())
-              + (f"; PyTorch {s['pytorch_s']:.3f} s" if "pytorch_s" in s else "")
+              + (f"; PyTorch {s['pytorch_s']:.3f} s (peak {s['pytorch']['peak_rss_gb']:.2f} GiB)"
+                 if "pytorch_s" in s else "")
               + (f"; ratio {s['ratio']}" if "ratio" in s else "")
               + (f"; vs_pytorch {s['vs_pytorch']}" if "vs_pytorch" in s else "")
               + f"; load {s['load_avg_1min']}", file=sys.stderr, flush=True)

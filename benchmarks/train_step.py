@@ -30,8 +30,10 @@ MindSpore: the graph compile) and two more untimed steps; these are reported apa
 each request ``--round_steps`` timed steps, until ``--steps`` timed steps are done in each
 framework, so the two take turns on the cores and other work on the machine hits both alike.
 ``step_s`` is the median over all timed steps, ``images_per_s`` = batch / step_s, ``ratio`` =
-MindSpore images/s / PyTorch images/s. The 1-minute load average after each round is printed
-beside the figures (``load_avg_1min``).
+MindSpore images/s / PyTorch images/s. ``peak_rss_gb`` is each worker's peak resident memory
+(its process's high-water mark: set-up, compile and the timed steps), ``rss_ratio`` =
+MindSpore's / PyTorch's. The 1-minute load average after each round is printed beside the
+figures (``load_avg_1min``).
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-from benchmarks.harness import Worker, interleave, median, serve  # noqa: E402
+from benchmarks.harness import Worker, interleave, median, peak_rss_gb, serve  # noqa: E402
 from src.cli import emit_json, log, run_main  # noqa: E402
 from src.errors import HourNASError  # noqa: E402
 from src.ops import DEPTHWISE_CHOICES, DEPTHWISE_ENV  # noqa: E402
@@ -119,6 +121,11 @@ def _timed(step, n: int) -> list[float]:
     return times
 
 
+def _answer(step, req: dict) -> dict:
+    """One request's timed steps, and the worker's peak resident memory so far."""
+    return {"times": _timed(step, int(req["steps"])), "peak_rss_gb": peak_rss_gb()}
+
+
 def _warm(step) -> tuple[float, float]:
     """(first step, the next two): compile / first-call costs, reported apart."""
     first = _timed(step, 1)[0]
@@ -167,7 +174,7 @@ def mindspore_worker(args) -> int:
                 "amp_level": amp, "first_step_s": first, "warmup_s": warm,
                 "graphs": len(cell.compile_cache), "depthwise_cells": own}
 
-    return serve(setup, lambda req: {"times": _timed(state["step"], int(req["steps"]))})
+    return serve(setup, lambda req: _answer(state["step"], req))
 
 
 def torch_worker(args) -> int:
@@ -211,7 +218,7 @@ def torch_worker(args) -> int:
                 "first_step_s": first, "warmup_s": warm,
                 "params": int(sum(p.numel() for p in net.parameters()))}
 
-    return serve(setup, lambda req: {"times": _timed(state["step"], int(req["steps"]))})
+    return serve(setup, lambda req: _answer(state["step"], req))
 
 
 # ----------------------------------------------------------------------------- parent
@@ -232,9 +239,13 @@ def torch_available(args) -> str | None:
     return None
 
 
-def figures(ready: dict, times: list[float], batch: int) -> dict:
+def figures(ready: dict, answers: list[dict], batch: int) -> dict:
+    """A worker's figures from its answers: the median step, and its peak resident memory
+    (set-up, compile and every timed step included)."""
+    times = [t for a in answers for t in a["times"]]
     step_s = median(times)
     return {"images_per_s": batch / step_s, "step_s": step_s, "timed_steps": len(times),
+            "peak_rss_gb": round(max(a["peak_rss_gb"] for a in answers), 3),
             **{k: v for k, v in ready.items() if k != "framework"}}
 
 
@@ -303,14 +314,14 @@ def main(args) -> int:
         for w in workers.values():
             w.close()
     loads = res["load_avg_1min"]
-    times = {name: [t for a in answers for t in a["times"]]
-             for name, answers in res["answers"].items()}
+    answers = res["answers"]
     ms_all = {}
     for kind, name in names.items():
-        ms_all[kind] = r = figures(workers[name].ready, times[name], args.batch_size)
+        ms_all[kind] = r = figures(workers[name].ready, answers[name], args.batch_size)
         log(f"MindSpore graph-mode step (depthwise {kind}): {r['images_per_s']:.1f} images/s "
             f"({r['step_s'] * 1e3:.0f} ms/step; first step incl. compile "
-            f"{r['first_step_s']:.1f} s; compiled graphs {r['graphs']}; "
+            f"{r['first_step_s']:.1f} s; compiled graphs {r['graphs']}; peak resident "
+            f"{r['peak_rss_gb']:.2f} GiB; "
             f"{r['threads']} threads; amp {r['amp_level']}); load average {_fmt_load(loads)}")
     ms_r = ms_all[kinds[-1]]
     vs_first = {}
@@ -319,21 +330,29 @@ def main(args) -> int:
         log(f"{kind} / {kinds[0]} depthwise gradient throughput: {vs_first[kind]:.2f}x "
             f"(load average {_fmt_load(loads)})")
     torch_r = None
-    if "pytorch" in times:
-        torch_r = figures(workers["pytorch"].ready, times["pytorch"], args.batch_size)
+    if "pytorch" in answers:
+        torch_r = figures(workers["pytorch"].ready, answers["pytorch"], args.batch_size)
         log(f"PyTorch {torch_r['version']} eager step ({torch_r['device']}): "
             f"{torch_r['images_per_s']:.1f} images/s ({torch_r['step_s'] * 1e3:.0f} ms/step; "
-            f"first step {torch_r['first_step_s']:.2f} s; {torch_r['threads']} threads); "
+            f"first step {torch_r['first_step_s']:.2f} s; peak resident "
+            f"{torch_r['peak_rss_gb']:.2f} GiB; {torch_r['threads']} threads); "
             f"load average {_fmt_load(loads)}")
     ratio = ms_r["images_per_s"] / torch_r["images_per_s"] if torch_r else None
+    rss_ratio = (ms_r["peak_rss_gb"] / torch_r["peak_rss_gb"]
+                 if torch_r and torch_r["peak_rss_gb"] > 0 else None)
     if ratio is not None:
         log(f"MindSpore{f' ({kinds[-1]})' if len(kinds) > 1 else ''} / PyTorch throughput: "
             f"{ratio:.2f}x (load average {_fmt_load(loads)})")
+    if rss_ratio is not None:
+        log(f"MindSpore{f' ({kinds[-1]})' if len(kinds) > 1 else ''} / PyTorch peak resident "
+            f"memory: {rss_ratio:.2f}x ({ms_r['peak_rss_gb']:.2f} against "
+            f"{torch_r['peak_rss_gb']:.2f} GiB, each worker process's own)")
     if args.json:
         emit_json({"arch": arch.name, "batch_size": args.batch_size, "params": c["params"],
                    "flops": c["flops"], "device_target": args.device_target,
                    "threads": threads, "steps": args.steps, "rounds": rounds,
                    "mindspore": ms_r, "pytorch": torch_r, "ratio": ratio,
+                   "rss_ratio": rss_ratio,
                    "depthwise": {k: ms_all[k] for k in kinds},
                    "vs_first": vs_first,
                    "pytorch_skipped": why_no_torch, "load_avg_1min": loads})

@@ -27,17 +27,20 @@ def test_rounds_alternate_and_every_step_is_counted():
         assert f["timed_steps"] == 3 and f["threads"] == r["threads"]
         assert f["images_per_s"] == pytest.approx(4 / f["step_s"])
         assert f["first_step_s"] > 0 and f["warmup_s"] > 0
+        assert f["peak_rss_gb"] > 0.1  # each worker's own high-water mark
     assert r["mindspore"]["graphs"] == 1 and r["mindspore"]["amp_level"] == "O0"
     if "pytorch" in frameworks:
         assert r["pytorch"]["params"] == r["params"]  # the twin is the same network
         assert r["ratio"] == pytest.approx(r["mindspore"]["images_per_s"] /
                                            r["pytorch"]["images_per_s"])
+        assert r["rss_ratio"] == pytest.approx(r["mindspore"]["peak_rss_gb"] /
+                                               r["pytorch"]["peak_rss_gb"])
 
 
 def test_without_torch_that_half_is_skipped():
     proc = run_cli("benchmarks/train_step.py", *SMALL, "--no_torch", "--amp_level", "O2")
     r = last_json(proc.stdout)
-    assert r["pytorch"] is None and r["ratio"] is None
+    assert r["pytorch"] is None and r["ratio"] is None and r["rss_ratio"] is None
     assert r["pytorch_skipped"] == "skipped (--no_torch)"
     assert r["mindspore"]["amp_level"] == "O0"  # mixed precision is not supported on CPU
     assert "amp_level O2 -> O0" in proc.stderr
