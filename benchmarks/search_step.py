@@ -3,6 +3,7 @@
     python benchmarks/search_step.py [--json] [--sizes default,full] [--repeats 3]
                                      [--executors eager,graph,allpath] [--allpath_repeats 1]
                                      [--searched all|vital] [--no_torch] [--device_target CPU]
+                                     [--batch_size N]
 
 Sizes: ``default`` is the built-in default search's supernet (config/search/default.yaml:
 FBNetSS CIFAR at its width, its batch); ``full`` is the FBNetSS CIFAR supernet at full width
@@ -42,15 +43,18 @@ from benchmarks.harness import (Worker, interleave, median, memory_gb, peak_rss_
 FULL = {"space": "fbnet_cifar10", "width": 1.0, "batch": 64}
 
 
-def size_spec(size: str) -> dict:
+def size_spec(size: str, batch: int | None = None) -> dict:
+    """The supernet and batch of a size; ``batch`` (--batch_size) replaces the size's own."""
     if size == "full":
-        return dict(FULL)
-    if size == "default":
+        spec = dict(FULL)
+    elif size == "default":
         from src.config import load_config
         from src.search.config import SearchConfig
         cfg = load_config(SearchConfig, os.path.join(ROOT, "config", "search", "default.yaml"))
-        return {"space": cfg.space, "width": cfg.width_mult, "batch": cfg.search.batch_size}
-    raise SystemExit(f"error: unknown size '{size}'; valid: default, full")
+        spec = {"space": cfg.space, "width": cfg.width_mult, "batch": cfg.search.batch_size}
+    else:
+        raise SystemExit(f"error: unknown size '{size}'; valid: default, full")
+    return dict(spec, batch=batch) if batch else spec
 
 
 def build_space(spec: dict, searched_mode: str):
@@ -85,7 +89,7 @@ def mindspore_worker(args) -> int:
         from src.search.step import EXECUTORS, ArchParams, SparseSGD
         from src.supernet import Supernet
 
-        spec = size_spec(args.size)
+        spec = size_spec(args.size, args.batch_size)
         space, searched, keep = build_space(spec, args.searched)
         num_ops = len(space.layers[searched[0]].ops)
         x, y = batch(space, spec["batch"])
@@ -152,7 +156,7 @@ def torch_worker(args) -> int:
         from benchmarks.torch_twin import TorchSupernet
         torch.set_num_threads(args.threads)
         torch.manual_seed(0)
-        spec = size_spec(args.size)
+        spec = size_spec(args.size, args.batch_size)
         space, searched, keep = build_space(spec, args.searched)
         net = TorchSupernet(space, searched, keep).train()
         num_ops = len(space.layers[searched[0]].ops)
@@ -248,10 +252,11 @@ def run_size(args, size: str, threads: int, have_torch: bool) -> dict:
 
     from src.search.step import default_executor
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    spec = size_spec(size)
+    spec = size_spec(size, args.batch_size)
     common = [os.path.abspath(__file__), "--size", size, "--threads", str(threads),
               "--searched", args.searched, "--device_target", args.device_target,
-              "--max_rss_gb", str(args.max_rss_gb)]
+              "--max_rss_gb", str(args.max_rss_gb)] + (
+                  ["--batch_size", str(args.batch_size)] if args.batch_size else [])
     log(f"[{size}] {spec['space']} width {spec['width']} batch {spec['batch']}: setting up "
         f"(graph: compiling every candidate once)")
     workers, failed = {}, {}
@@ -307,6 +312,9 @@ def main() -> int:
     ap.add_argument("--searched", choices=("all", "vital"), default="all",
                     help="search every layer (stage 2) or only the vital ones (S_vital)")
     ap.add_argument("--no_torch", action="store_true", help="skip the PyTorch twin")
+    ap.add_argument("--batch_size", type=int, default=None,
+                    help="every size at this batch instead of its own (e.g. 1: the step's "
+                         "per-op host cost, with almost no arithmetic)")
     ap.add_argument("--device_target", default="CPU")
     ap.add_argument("--max_rss_gb", type=float, default=round(0.5 * memory_gb(), 1),
                     help="the graph executor's set-up is stopped and reported as failed when "
@@ -320,6 +328,8 @@ def main() -> int:
     args.executors = [e.strip() for e in args.executors.split(",") if e.strip()]
     if args.repeats < 1 or args.allpath_repeats < 0:
         raise SystemExit("error: --repeats must be >= 1 and --allpath_repeats >= 0")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise SystemExit("error: --batch_size must be >= 1")
     if args.worker == "mindspore":
         return mindspore_worker(args)
     if args.worker == "pytorch":

@@ -76,7 +76,10 @@ def depthwise_grad(spec: ConvSpec) -> str:
     with OpenMP): 1.1-1.8x MindSpore's forward + backward per convolution, no stall under
     contention (docs/search_engine.md); where it does not build, the banded rule below.
     PyNative (the search) keeps MindSpore's: there the kernel was 3.4-5.9x faster under load
-    but stage 1 of the built-in default took ~1.6x longer on an idle machine.
+    but stage 1 of the built-in default took ~1.6x longer on an idle machine, with the kernel
+    at two OpenMP threads; at one (what it now runs in PyNative) a 105-step search was
+    1.12-1.24x faster than with MindSpore's on two cores and 1.6x on one
+    (docs/search_engine.md): the default's switch awaits a full-length run.
     ``HOURNAS_DEPTHWISE=native|banded|kernel`` forces one (``kernel`` for a search on a
     shared machine)."""
     choice = _depthwise_choice()
@@ -132,7 +135,12 @@ class _DepthwiseFn(nn.Cell):
             if lib is None:
                 raise HourNASError("the depthwise kernel is not built (no g++ with OpenMP?); "
                                    f"set {DEPTHWISE_ENV}=native")
-            set_threads(context_facts().get("threads") or 0)
+            # PyNative (the search, HOURNAS_DEPTHWISE=kernel): one OpenMP thread. There each
+            # call is a parallel region of its own beside MindSpore's op threads and the data
+            # pipeline's, and a short search on both cores ran 2x slower with two threads than
+            # with one (docs/search_engine.md). Graph mode (retraining): the op threads.
+            pynative = ms.get_context("mode") == ms.PYNATIVE_MODE
+            set_threads(1 if pynative else (context_facts().get("threads") or 0))
             out = lambda n: (n + 2 * (k // 2) - k) // stride + 1  # noqa: E731
             # one function name per stride: PyNative caches the inferred output shape by name
             # and input shapes (depthwise.cc, DwForwardS2)

@@ -103,7 +103,13 @@ def depthwise_library() -> str | None:
 
 
 def set_threads(n: int) -> None:
-    """The kernels' OpenMP threads (the process's MindSpore op threads), if built."""
+    """The kernels' OpenMP threads (0: OpenMP's default), if built; one value per process."""
     path = depthwise_library()
     if path is not None:
         ctypes.CDLL(path).DwSetThreads(ctypes.c_int(int(n)))
+
+
+def threads() -> int | None:
+    """The kernels' OpenMP threads now (None where the kernel is not built)."""
+    path = depthwise_library()
+    return None if path is None else int(ctypes.CDLL(path).DwThreads())

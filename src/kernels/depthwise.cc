@@ -19,8 +19,10 @@
 #include <vector>
 
 static int g_threads = 0;  // 0: OpenMP's default
+static inline int threads();
 
 extern "C" void DwSetThreads(int n) { g_threads = n; }
+extern "C" int DwThreads() { return threads(); }
 
 static inline int threads() { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
 
@@ -180,16 +182,24 @@ static void weight_grad(const float *dy, const float *x, float *dw, int64_t N, i
   }
 }
 
+// Runs f(N, C, planes) with the plane layout of the call's stride: `full` is the shape of the
+// (N,C,H,W) tensor, `out` that of the (N,C,OH,OW) one, K the kernel size; the output height
+// tells the stride (OH == H: 1, else 2).
+template <class F>
+static int by_stride(const int64_t *full, const int64_t *out, int64_t K, F f) {
+  const int64_t N = full[0], C = full[1], H = full[2], W = full[3], OH = out[2], OW = out[3];
+  if (OH == H) f(N, C, Planes<1>(H, W, K, OH, OW));
+  else f(N, C, Planes<2>(H, W, K, OH, OW));
+  return 0;
+}
+
 // params: x (N,C,H,W), w (C,1,k,k) -> y (N,C,OH,OW)
 extern "C" int DwForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream, void *extra) {
   const float *x = static_cast<const float *>(params[0]);
   const float *w = static_cast<const float *>(params[1]);
   float *y = static_cast<float *>(params[2]);
-  const int64_t N = shapes[0][0], C = shapes[0][1], H = shapes[0][2], W = shapes[0][3];
-  const int64_t K = shapes[1][2], OH = shapes[2][2], OW = shapes[2][3];
-  if (OH == H) forward(x, w, y, N, C, Planes<1>(H, W, K, OH, OW));
-  else forward(x, w, y, N, C, Planes<2>(H, W, K, OH, OW));
-  return 0;
+  return by_stride(shapes[0], shapes[2], shapes[1][2],
+                   [&](int64_t N, int64_t C, const auto &g) { forward(x, w, y, N, C, g); });
 }
 
 // params: dy (N,C,OH,OW), w (C,1,k,k), x (N,C,H,W) [shape only] -> dx (N,C,H,W)
@@ -197,11 +207,8 @@ extern "C" int DwInputGrad(int nparam, void **params, int *ndims, int64_t **shap
   const float *dy = static_cast<const float *>(params[0]);
   const float *w = static_cast<const float *>(params[1]);
   float *dx = static_cast<float *>(params[3]);
-  const int64_t N = shapes[3][0], C = shapes[3][1], H = shapes[3][2], W = shapes[3][3];
-  const int64_t K = shapes[1][2], OH = shapes[0][2], OW = shapes[0][3];
-  if (OH == H) input_grad(dy, w, dx, N, C, Planes<1>(H, W, K, OH, OW));
-  else input_grad(dy, w, dx, N, C, Planes<2>(H, W, K, OH, OW));
-  return 0;
+  return by_stride(shapes[3], shapes[0], shapes[1][2],
+                   [&](int64_t N, int64_t C, const auto &g) { input_grad(dy, w, dx, N, C, g); });
 }
 
 // params: dy (N,C,OH,OW), x (N,C,H,W), w (C,1,k,k) [shape only] -> dw (C,1,k,k)
@@ -209,11 +216,8 @@ extern "C" int DwWeightGrad(int nparam, void **params, int *ndims, int64_t **sha
   const float *dy = static_cast<const float *>(params[0]);
   const float *x = static_cast<const float *>(params[1]);
   float *dw = static_cast<float *>(params[3]);
-  const int64_t N = shapes[1][0], C = shapes[1][1], H = shapes[1][2], W = shapes[1][3];
-  const int64_t K = shapes[2][2], OH = shapes[0][2], OW = shapes[0][3];
-  if (OH == H) weight_grad(dy, x, dw, N, C, Planes<1>(H, W, K, OH, OW));
-  else weight_grad(dy, x, dw, N, C, Planes<2>(H, W, K, OH, OW));
-  return 0;
+  return by_stride(shapes[1], shapes[0], shapes[2][2],
+                   [&](int64_t N, int64_t C, const auto &g) { weight_grad(dy, x, dw, N, C, g); });
 }
 
 // The stride-2 forward under another name: PyNative caches a Custom op's inferred output shape

@@ -50,3 +50,12 @@ def test_train_step_figures_take_the_median_step_and_the_peak():
     assert f["step_s"] == 0.2 and f["images_per_s"] == pytest.approx(20.0)
     assert f["timed_steps"] == 3 and f["peak_rss_gb"] == 1.75 and f["threads"] == 2
     assert "framework" not in f
+
+
+def test_search_step_sizes_take_a_batch_of_the_callers():
+    assert search_step.size_spec("full") == {"space": "fbnet_cifar10", "width": 1.0, "batch": 64}
+    assert search_step.size_spec("full", 2)["batch"] == 2
+    default = search_step.size_spec("default")
+    assert search_step.size_spec("default", 1) == dict(default, batch=1) != default
+    with pytest.raises(SystemExit, match="unknown size 'huge'"):
+        search_step.size_spec("huge")

@@ -179,6 +179,27 @@ def test_kernel_choice_and_fallback(monkeypatch, tmp_path, capsys):
         DepthwiseConv2d(6, 3, 1, "kernel")
 
 
+def test_kernel_threads_follow_the_mode():
+    """The kernel runs one OpenMP thread when built in PyNative (the search: two threads there
+    made a search slower than one) and the op threads in graph mode (retraining)."""
+    from src.context import context_facts
+    assert kernels.depthwise_library() is not None
+    mode = ms.get_context("mode")
+    try:
+        with _pynative():
+            DepthwiseConv2d(6, 3, 1, "kernel")
+        assert kernels.threads() == 1
+        kernels.set_threads(context_facts().get("threads") or 0)
+        want = kernels.threads()  # the op threads, or OpenMP's default before setup_context
+        kernels.set_threads(1)    # as the PyNative build left it
+        ms.set_context(mode=ms.GRAPH_MODE)
+        DepthwiseConv2d(6, 3, 1, "kernel")
+        assert kernels.threads() == want
+    finally:
+        ms.set_context(mode=mode)
+        kernels.set_threads(0)
+
+
 def test_same_parameter_as_native(monkeypatch):
     """A depthwise ConvBNAct holds the same parameters (names, shapes, initial values for the
     same seed) with either gradient: checkpoints load across the two."""
