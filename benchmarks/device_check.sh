@@ -198,10 +198,13 @@ def figures(step, j):
         return {"images_per_s": r(ms.get("images_per_s"), 1), "amp_level": ms.get("amp_level"),
                 "first_step_s": r(ms.get("first_step_s"), 1), "step_s": r(ms.get("step_s"), 4),
                 "pytorch_images_per_s": r(pt.get("images_per_s"), 1) if pt else None,
-                "ratio": r(j.get("ratio")), "load_avg_1min": j.get("load_avg_1min")}
+                "ratio": r(j.get("ratio")), "peak_rss_gb": ms.get("peak_rss_gb"),
+                "pytorch_peak_rss_gb": pt.get("peak_rss_gb") if pt else None,
+                "load_avg_1min": j.get("load_avg_1min")}
     if step.startswith("search_step"):
         return {size: {"single_path_s": {n: e.get("step_s") for n, e in s.get("executors", {}).items()},
                        "warmup_s": {n: e.get("warmup_s") for n, e in s.get("executors", {}).items()},
+                       "peak_rss_gb": {n: e.get("peak_rss_gb") for n, e in s.get("executors", {}).items()},
                        "default_executor": s.get("default_executor"), "ratio": s.get("ratio")}
                 for size, s in (j.get("sizes") or {}).items()}
     return {}

@@ -212,10 +212,13 @@ elif step == "export":
     r = {{"files": {{"MINDIR": {{"path": path, "max_abs_diff": 0.0}}}}}}
 elif step == "train_step":
     r = {{"mindspore": {{"images_per_s": 2000.0, "amp_level": "O2", "first_step_s": 30.0,
-                        "step_s": 0.032}}, "pytorch": None, "ratio": None, "load_avg_1min": [0.5]}}
+                        "step_s": 0.032, "peak_rss_gb": 1.5}}, "pytorch": None, "ratio": None,
+         "load_avg_1min": [0.5]}}
 else:
-    r = {{"sizes": {{opt("--sizes"): {{"executors": {{"eager": {{"step_s": 0.5, "warmup_s": 1.0}},
-                                                 "graph": {{"step_s": 0.25, "warmup_s": 60.0}}}},
+    r = {{"sizes": {{opt("--sizes"): {{"executors": {{"eager": {{"step_s": 0.5, "warmup_s": 1.0,
+                                                           "peak_rss_gb": 0.8}},
+                                                 "graph": {{"step_s": 0.25, "warmup_s": 60.0,
+                                                           "peak_rss_gb": 6.4}}}},
                                     "default_executor": "graph", "ratio": None}}}}}}
 print(json.dumps(r))
 '''
@@ -253,9 +256,13 @@ def test_all_steps_pass_and_the_summary_has_their_figures(fake):
     assert steps["export"]["figures"]["file"] == str(fake.out / "export" / "fake.mindir")
     assert steps["train_step"]["figures"]["images_per_s"] == 2000.0
     assert steps["train_step"]["figures"]["amp_level"] == "O2"
+    assert steps["train_step"]["figures"]["peak_rss_gb"] == 1.5
+    assert steps["train_step"]["figures"]["pytorch_peak_rss_gb"] is None
     assert steps["search_step"]["figures"]["default"]["single_path_s"] == {"eager": 0.5,
                                                                           "graph": 0.25}
     assert steps["search_step_full"]["figures"]["full"]["warmup_s"]["graph"] == 60.0
+    assert steps["search_step"]["figures"]["default"]["peak_rss_gb"] == {"eager": 0.8,
+                                                                        "graph": 6.4}
     # eval and export got the checkpoint train.py wrote
     calls = {c[0]: c[2:] for c in fake.calls()}
     ckpt = str(fake.out / "train" / "fake_best.ckpt")
