@@ -79,7 +79,8 @@ def depthwise_grad(spec: ConvSpec) -> str:
     but stage 1 of the built-in default took ~1.6x longer on an idle machine, with the kernel
     at two OpenMP threads; at one (what it now runs in PyNative) a 105-step search was
     1.12-1.24x faster than with MindSpore's on two cores and 1.6x on one
-    (docs/search_engine.md): the default's switch awaits a full-length run.
+    (docs/search_engine.md), and the full default search 7 min 18 s against 8 min 53 s: the
+    default's switch awaits the quick start rerun with it.
     ``HOURNAS_DEPTHWISE=native|banded|kernel`` forces one (``kernel`` for a search on a
     shared machine)."""
     choice = _depthwise_choice()
