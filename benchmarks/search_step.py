@@ -313,8 +313,8 @@ def main() -> int:
                     help="search every layer (stage 2) or only the vital ones (S_vital)")
     ap.add_argument("--no_torch", action="store_true", help="skip the PyTorch twin")
     ap.add_argument("--batch_size", type=int, default=None,
-                    help="every size at this batch instead of its own (e.g. 1: the step's "
-                         "per-op host cost, with almost no arithmetic)")
+                    help="every size at this batch instead of its own (e.g. 2: the step's "
+                         "per-op host cost, with little arithmetic)")
     ap.add_argument("--device_target", default="CPU")
     ap.add_argument("--max_rss_gb", type=float, default=round(0.5 * memory_gb(), 1),
                     help="the graph executor's set-up is stopped and reported as failed when "
