@@ -72,24 +72,20 @@ def depthwise_grad(spec: ConvSpec) -> str:
     gradients of every depthwise convolution, any size or stride) or ``banded``
     (``banded_depthwise``: the weight gradient as batched products).
 
-    ``auto`` (the default): on CPU in graph mode (training) the kernel wherever it builds (g++
-    with OpenMP): 1.1-1.8x MindSpore's forward + backward per convolution, no stall under
-    contention (docs/search_engine.md); where it does not build, the banded rule below.
-    PyNative (the search) keeps MindSpore's: there the kernel was 3.4-5.9x faster under load
-    but stage 1 of the built-in default took ~1.6x longer on an idle machine, with the kernel
-    at two OpenMP threads; at one (what it now runs in PyNative) a 105-step search was
-    1.12-1.24x faster than with MindSpore's on two cores and 1.6x on one
-    (docs/search_engine.md), and the full default search 7 min 18 s against 8 min 53 s: the
-    default's switch awaits the quick start rerun with it.
-    ``HOURNAS_DEPTHWISE=native|banded|kernel`` forces one (``kernel`` for a search on a
-    shared machine)."""
+    ``auto`` (the default): on CPU the kernel wherever it builds (g++ with OpenMP), in graph
+    mode (training) and in PyNative (the search). Training: 1.1-1.8x MindSpore's forward +
+    backward per convolution, no stall under contention (docs/search_engine.md). The search,
+    with the kernel at one OpenMP thread in PyNative (``_DepthwiseFn``): a 105-step search
+    1.12-1.24x faster than with MindSpore's on two cores and 1.6x on one, and under load
+    3.4-5.9x, where MindSpore's weight gradient stalls; the full default search: see
+    docs/search_engine.md. Where the kernel does not build, the banded rule below.
+    ``HOURNAS_DEPTHWISE=native|banded|kernel`` forces one."""
     choice = _depthwise_choice()
     depthwise = (spec.groups > 1 and spec.groups == spec.cin == spec.cout and not spec.bias
                  and spec.k % 2 == 1 and spec.padding == spec.k // 2 and spec.stride in (1, 2))
     if not depthwise or choice == "native":
         return "native"
-    if choice == "kernel" or (choice == "auto" and ms.get_context("device_target") == "CPU"
-                              and ms.get_context("mode") == ms.GRAPH_MODE):
+    if choice == "kernel" or (choice == "auto" and ms.get_context("device_target") == "CPU"):
         from src.kernels import depthwise_library
         if depthwise_library() is not None:
             return "kernel"
@@ -136,7 +132,7 @@ class _DepthwiseFn(nn.Cell):
             if lib is None:
                 raise HourNASError("the depthwise kernel is not built (no g++ with OpenMP?); "
                                    f"set {DEPTHWISE_ENV}=native")
-            # PyNative (the search, HOURNAS_DEPTHWISE=kernel): one OpenMP thread. There each
+            # PyNative (the search): one OpenMP thread. There each
             # call is a parallel region of its own beside MindSpore's op threads and the data
             # pipeline's, and a short search on both cores ran 2x slower with two threads than
             # with one (docs/search_engine.md). Graph mode (retraining): the op threads.

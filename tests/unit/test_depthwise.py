@@ -149,16 +149,16 @@ def test_kernel_results_do_not_depend_on_threads():
 
 
 def test_kernel_choice_and_fallback(monkeypatch, tmp_path, capsys):
-    """auto on CPU in graph mode takes the kernel where it builds (g++ is part of this
-    project's set-up), PyNative keeps MindSpore's; where the kernel cannot be built the
-    choice falls back to the banded rule, with one note."""
+    """auto on CPU takes the kernel where it builds (g++ is part of this project's set-up),
+    in PyNative (the search) and in graph mode (training); where the kernel cannot be built
+    the choice falls back to the banded rule, with one note."""
     spec = ConvSpec(cin=6, cout=6, k=3, stride=2, h_out=7, groups=6)
     monkeypatch.delenv(DEPTHWISE_ENV, raising=False)
     assert kernels.depthwise_library() is not None
     mode = ms.get_context("mode")
     try:
         ms.set_context(mode=ms.PYNATIVE_MODE)
-        assert depthwise_grad(spec) == "native"
+        assert depthwise_grad(spec) == "kernel"
         ms.set_context(mode=ms.GRAPH_MODE)
         assert depthwise_grad(spec) == "kernel"
         assert isinstance(ConvBNAct(spec).conv, DepthwiseConv2d)
