@@ -72,7 +72,7 @@ def main(args) -> int:
         # command changes what the run computes is checked where the checkpoint is loaded)
         cfg = load_config(TrainConfig, args.config, overrides, base=extra["config"])
     # the process-wide set-up is the entry point's (src/context.py), as in search.py
-    facts = setup_context(cfg.device_target, "graph", distributed=cfg.distributed)
+    facts = setup_context(cfg.device_target, cfg.train.mode, distributed=cfg.distributed)
     set_seed(cfg.train.seed)
     result = train(cfg, facts, resume_from=resume_from, log=log)
     if args.json:

@@ -1,9 +1,10 @@
-"""Images/second of the jitted training step (forward, backward, SGD) on this machine.
+"""Images/second of the trainer's step (forward, backward, SGD) on this machine: compiled, as
+the trainer runs it by default, or op by op (``--mode pynative``).
 
     python benchmarks/train_step.py [--arch config/arch/fbnet_b.yaml] [--batch_size 64]
                                     [--steps 20] [--round_steps 2] [--amp_level O0]
                                     [--depthwise auto|native|banded|kernel|both|A,B]
-                                    [--threads N]
+                                    [--threads N] [--mode graph|pynative|graph,pynative]
                                     [--device_target CPU] [--json]
 
 The network is the architecture re-sized to CIFAR (input 32x32, 10 classes; the layers as in
@@ -16,7 +17,10 @@ the same way, and the ratio is printed; otherwise that half is skipped with a me
 auto, the project's choice; native, MindSpore's; banded, ``DepthwiseConv2d``'s batched
 products; kernel, ``src/kernels/depthwise.cc``); a comma-separated list (``both`` is
 ``native,banded``) times a MindSpore worker of each, in the same alternating rounds, and
-prints each one's throughput over the first one's. ``--threads`` (default: this machine's CPU count) sets both frameworks' threads: 1 is
+prints each one's throughput over the first one's. ``--mode`` runs the step compiled
+(``graph``, the trainer's default) or op by op (``pynative``, ``train.mode: pynative``); a list
+times a worker of each too (with several depthwise kinds, one of each pair), labelled by what
+differs. ``--threads`` (default: this machine's CPU count) sets both frameworks' threads: 1 is
 what each step of ``analyze.py compare --jobs 2`` gets. On GPU
 the PyTorch half runs on CUDA (autocast float16 when --amp_level is not O0) when PyTorch has
 CUDA, else it is skipped; on Ascend it is skipped.
@@ -68,6 +72,26 @@ def _depthwise_kinds(text: str) -> tuple[str, ...]:
     return kinds
 
 
+def _modes(text: str) -> tuple[str, ...]:
+    from src.context import MODES
+    modes = tuple(m.strip().lower() for m in text.split(",") if m.strip())
+    if not modes or any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
+        raise argparse.ArgumentTypeError(
+            f"expected one or more distinct of {', '.join(MODES)}, got {text!r}")
+    return modes
+
+
+def variants(kinds: tuple[str, ...], modes: tuple[str, ...]) -> dict[str, tuple[str, str]]:
+    """label -> (depthwise kind, mode) of each MindSpore worker: labelled by what differs."""
+    out = {}
+    for mode in modes:
+        for kind in kinds:
+            label = (kind if len(modes) == 1 else mode if len(kinds) == 1
+                     else f"{kind}_{mode}")
+            out[label] = (kind, mode)
+    return out
+
+
 def parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,6 +113,9 @@ def parser():
     p.add_argument("--depthwise", default="auto", type=_depthwise_kinds, metavar="KIND[,KIND]",
                    help=f"depthwise gradients: {', '.join(DEPTHWISE_CHOICES)}, or a list "
                         f"to compare (default auto; both: native,banded)")
+    p.add_argument("--mode", default=("graph",), type=_modes, metavar="MODE[,MODE]",
+                   help="the step compiled (graph, default) or op by op (pynative, as "
+                        "train.mode), or both to compare")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="threads of each framework (default: this machine's CPU count)")
     p.add_argument("--worker", choices=("mindspore", "pytorch"), default=None,
@@ -140,7 +167,7 @@ def mindspore_worker(args) -> int:
 
     def setup():
         from src.context import setup_context
-        facts = setup_context(args.device_target, "graph", threads=args.threads)
+        facts = setup_context(args.device_target, args.mode[0], threads=args.threads)
         import mindspore as ms
 
         from src.train.config import TrainParams
@@ -171,7 +198,7 @@ def mindspore_worker(args) -> int:
         first, warm = _warm(state["step"])
         return {"framework": "mindspore", "version": ms.__version__,
                 "device_target": facts["device_target"], "threads": facts["threads"],
-                "amp_level": amp, "first_step_s": first, "warmup_s": warm,
+                "amp_level": amp, "mode": args.mode[0], "first_step_s": first, "warmup_s": warm,
                 "graphs": len(cell.compile_cache), "depthwise_cells": own}
 
     return serve(setup, lambda req: _answer(state["step"], req))
@@ -280,16 +307,19 @@ def main(args) -> int:
               "--num_classes", str(args.num_classes), "--amp_level", args.amp_level,
               "--device_target", args.device_target, "--threads", str(threads)]
     workers = {}
-    kinds = args.depthwise
-    names = {k: "mindspore" if len(kinds) == 1 else f"mindspore_{k}" for k in kinds}
+    runs = variants(args.depthwise, args.mode)
+    labels = list(runs)
+    names = {v: "mindspore" if len(runs) == 1 else f"mindspore_{v}" for v in labels}
     try:
-        for kind, name in names.items():
-            log(f"MindSpore (depthwise gradient: {kind}): building the step and compiling it "
-                f"(first step) ...")
-            workers[name] = Worker(common + ["--worker", "mindspore"], threads,
+        for label, name in names.items():
+            kind, mode = runs[label]
+            log(f"MindSpore (depthwise gradient: {kind}; {mode}): building the step and "
+                f"running its first step ...")
+            workers[name] = Worker(common + ["--worker", "mindspore", "--mode", mode], threads,
                                    env={DEPTHWISE_ENV: kind})
             ms_ready = workers[name].ready
-            log(f"MindSpore {ms_ready['version']} ready: first step incl. compile "
+            log(f"MindSpore {ms_ready['version']} ready: first step"
+                f"{' incl. compile' if mode == 'graph' else ''} "
                 f"{ms_ready['first_step_s']:.1f} s, next two {ms_ready['warmup_s']:.2f} s; "
                 f"depthwise convolutions with gradients of their own: "
                 f"{ms_ready['depthwise_cells']}")
@@ -316,19 +346,22 @@ def main(args) -> int:
     loads = res["load_avg_1min"]
     answers = res["answers"]
     ms_all = {}
-    for kind, name in names.items():
-        ms_all[kind] = r = figures(workers[name].ready, answers[name], args.batch_size)
-        log(f"MindSpore graph-mode step (depthwise {kind}): {r['images_per_s']:.1f} images/s "
-            f"({r['step_s'] * 1e3:.0f} ms/step; first step incl. compile "
+    for label, name in names.items():
+        kind, mode = runs[label]
+        ms_all[label] = r = figures(workers[name].ready, answers[name], args.batch_size)
+        log(f"MindSpore {mode} step (depthwise {kind}): {r['images_per_s']:.1f} images/s "
+            f"({r['step_s'] * 1e3:.0f} ms/step; first step"
+            f"{' incl. compile' if mode == 'graph' else ''} "
             f"{r['first_step_s']:.1f} s; compiled graphs {r['graphs']}; peak resident "
             f"{r['peak_rss_gb']:.2f} GiB; "
             f"{r['threads']} threads; amp {r['amp_level']}); load average {_fmt_load(loads)}")
-    ms_r = ms_all[kinds[-1]]
+    ms_r = ms_all[labels[-1]]
     vs_first = {}
-    for kind in kinds[1:]:
-        vs_first[kind] = ms_all[kind]["images_per_s"] / ms_all[kinds[0]]["images_per_s"]
-        log(f"{kind} / {kinds[0]} depthwise gradient throughput: {vs_first[kind]:.2f}x "
+    for label in labels[1:]:
+        vs_first[label] = ms_all[label]["images_per_s"] / ms_all[labels[0]]["images_per_s"]
+        log(f"{label} / {labels[0]} throughput: {vs_first[label]:.2f}x "
             f"(load average {_fmt_load(loads)})")
+    last = f" ({labels[-1]})" if len(labels) > 1 else ""
     torch_r = None
     if "pytorch" in answers:
         torch_r = figures(workers["pytorch"].ready, answers["pytorch"], args.batch_size)
@@ -341,10 +374,10 @@ def main(args) -> int:
     rss_ratio = (ms_r["peak_rss_gb"] / torch_r["peak_rss_gb"]
                  if torch_r and torch_r["peak_rss_gb"] > 0 else None)
     if ratio is not None:
-        log(f"MindSpore{f' ({kinds[-1]})' if len(kinds) > 1 else ''} / PyTorch throughput: "
+        log(f"MindSpore{last} / PyTorch throughput: "
             f"{ratio:.2f}x (load average {_fmt_load(loads)})")
     if rss_ratio is not None:
-        log(f"MindSpore{f' ({kinds[-1]})' if len(kinds) > 1 else ''} / PyTorch peak resident "
+        log(f"MindSpore{last} / PyTorch peak resident "
             f"memory: {rss_ratio:.2f}x ({ms_r['peak_rss_gb']:.2f} against "
             f"{torch_r['peak_rss_gb']:.2f} GiB, each worker process's own)")
     if args.json:
@@ -353,7 +386,7 @@ def main(args) -> int:
                    "threads": threads, "steps": args.steps, "rounds": rounds,
                    "mindspore": ms_r, "pytorch": torch_r, "ratio": ratio,
                    "rss_ratio": rss_ratio,
-                   "depthwise": {k: ms_all[k] for k in kinds},
+                   "depthwise": ms_all,  # every MindSpore worker, by label
                    "vs_first": vs_first,
                    "pytorch_skipped": why_no_torch, "load_avg_1min": loads})
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from src.config import Seed, to_dict
+from src.context import MODES
 from src.data import DataConfig
 from src.errors import ConfigError, HourNASError
 from src.runlog import check_resume_config
@@ -24,7 +25,8 @@ RESUME_LR_KEYS = ("train.lr", "train.min_lr")
 RESUME_MAY_CHANGE = ("arch", "distributed", "train.epochs", "train.log_every", "train.val_interval",
                      "train.bn_recalibrate",
                      "train.ckpt_keep", "train.ckpt_every", "train.eval_batch_size",
-                     "data.num_workers", "data.path", "output_dir", "device_target") + RESUME_LR_KEYS
+                     "data.num_workers", "data.path", "output_dir", "device_target",
+                     "train.mode") + RESUME_LR_KEYS
 
 
 
@@ -88,6 +90,12 @@ class TrainParams:
     ckpt_keep: int = 3              # periodic checkpoints kept (the best one is kept apart)
     seed: Seed = 0
     sync_bn: bool = False           # data parallel on GPU/Ascend: BatchNorm over the global batch
+    # graph: the step compiled as one graph (fastest on small nets). pynative: op by op, each
+    # activation freed after its backward as in PyTorch: hournas_f_c10 at batch 64 peaked at
+    # 3.3 GiB against graph mode's 7.1 (the graph allocates its whole memory plan at the first
+    # step and keeps it), at ~1.2x its step time; the choice for a net that does not fit
+    # (docs/train_eval_export.md). Same values either way, to float rounding.
+    mode: str = "graph"
 
     def validate(self) -> None:
         for key in ("epochs", "batch_size", "base_batch", "val_interval", "log_every", "ckpt_keep"):
@@ -118,7 +126,7 @@ class TrainParams:
         if self.loss_scale < 1:
             raise ConfigError(f"train.loss_scale must be >= 1, got {self.loss_scale}")
         for key, valid in (("schedule", SCHEDULES), ("lr_scaling", LR_SCALINGS),
-                           ("amp_level", AMP_LEVELS)):
+                           ("amp_level", AMP_LEVELS), ("mode", MODES)):
             if getattr(self, key) not in valid:
                 raise ConfigError(f"unknown train.{key} '{getattr(self, key)}'; valid: "
                                   f"{', '.join(valid)}")

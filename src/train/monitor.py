@@ -90,9 +90,12 @@ class StateMonitor:
         graphs = len(self.run.step_cell.compile_cache)
         later = (f"steps 2..{len(self.clock)} {med:.3f} s median" if rest
                  else "no later step to compare (a one-step run)")
-        self.run.log(f"compile: step 1 took {first:.2f} s (graph compile + step), {later}; "
-                     f"compiled training graphs: {graphs}"
-                     + (" (no recompiles)" if graphs == 1 else " (RECOMPILED)"))
+        if self.run.cfg.train.mode == "pynative":  # op by op: nothing compiled to report
+            self.run.log(f"first step: {first:.2f} s (PyNative, train.mode: op by op), {later}")
+        else:
+            self.run.log(f"compile: step 1 took {first:.2f} s (graph compile + step), {later}; "
+                         f"compiled training graphs: {graphs}"
+                         + (" (no recompiles)" if graphs == 1 else " (RECOMPILED)"))
         self.run.runlog.write(event="compile", global_step=self.run.pos.global_step,
                               first_step_s=first, later_step_s=med, graphs=graphs)
 

@@ -72,6 +72,22 @@ def test_depthwise_gradients_are_timed_side_by_side():
                                                      / native["images_per_s"])}
 
 
+def test_modes_are_timed_side_by_side():
+    """--mode graph,pynative: a worker of each, labelled by mode; the op-by-op one compiles
+    no graph."""
+    r = last_json(run_cli("benchmarks/train_step.py", "--steps", "2", "--round_steps", "1",
+                          "--batch_size", "2", "--image_size", "16", "--no_torch",
+                          "--threads", "1", "--mode", "graph,pynative", "--json").stdout)
+    graph, pynative = r["depthwise"]["graph"], r["depthwise"]["pynative"]
+    assert (graph["mode"], graph["graphs"]) == ("graph", 1)
+    assert (pynative["mode"], pynative["graphs"]) == ("pynative", 0)
+    assert r["mindspore"] == pynative and pynative["timed_steps"] == 2
+    assert r["vs_first"] == {"pynative": pytest.approx(pynative["images_per_s"]
+                                                       / graph["images_per_s"])}
+    proc = run_cli("benchmarks/train_step.py", "--mode", "graph,eager", check=False)
+    assert proc.returncode == 2 and "expected one or more distinct of graph, pynative" in proc.stderr
+
+
 def test_depthwise_kinds_are_checked():
     proc = run_cli("benchmarks/train_step.py", "--depthwise", "native,fast", check=False)
     assert proc.returncode == 2 and "expected one or more distinct of auto" in proc.stderr

@@ -64,6 +64,7 @@ def test_recipe_values():
     ("train.schedule=step", "unknown train.schedule 'step'; valid: cosine, constant"),
     ("train.activation=gelu", "unknown train.activation 'gelu'"),
     ("train.amp_level=O4", "unknown train.amp_level"),
+    ("train.mode=eager", "unknown train.mode 'eager'; valid: graph, pynative"),
     ("train.warmup_epochs=20", "warmup_epochs must be in"),
     ("data.name=mnist", "unknown dataset 'mnist'"),
 ])
