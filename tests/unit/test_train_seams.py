@@ -341,7 +341,7 @@ class _Log(list):
 def fake_run(tmp_path, *, spe: int, epochs: int, log_every: int, batch: int = 32, graphs: int = 1):
     """The parts of a ``Run`` the monitor reads."""
     cfg = SimpleNamespace(train=SimpleNamespace(log_every=log_every, epochs=epochs,
-                                                batch_size=batch))
+                                                batch_size=batch, mode="graph"))
     return SimpleNamespace(cfg=cfg, spe=spe, total_steps=spe * epochs, pos=Position(),
                            log=_Log(), runlog=JsonLog(str(tmp_path / TRAIN_LOG_FILE)),
                            step_cell=SimpleNamespace(compile_cache=list(range(graphs))))
