@@ -11,6 +11,8 @@ one output folder, resumable and skipping what is done:
 3. every one of them retrained with the same recipe and seed (``train.py``) and evaluated on
    the test split: the figure is the **last** epoch's, never a best epoch picked on the test
    set,
+   and optionally the network of each of the first seed's other proposals (``proposals``:
+   the m candidates stage 2 chose among with Π; did Π pick the best of them?),
 4. the supernet's ranking: each architecture's accuracy on a search's final shared weights
    (``src.search.supernet_eval``) against its retrained top-1, Kendall's τ per supernet,
 5. ``compare.md`` / ``compare.csv`` / ``compare.json`` (each net's params, FLOPs, top-1; each
@@ -38,9 +40,11 @@ from src.errors import ConfigError, HourNASError
 from src.jsonlog import read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-GROUPS = ("searched", "random", "random_vital")
+GROUPS = ("searched", "random", "random_vital", "proposals")
 GROUP_LABELS = {"searched": "HourNAS (searched)", "random": "random, same targets",
-                "random_vital": "random, same targets and vital ops as seed {seed}"}
+                "random_vital": "random, same targets and vital ops as seed {seed}",
+                "proposals": "seed {seed}'s other proposals (their arg-max)"}
+PROPOSALS_FILE = "proposals.json"
 PROGRESS_FILE = "compare_progress.json"
 
 
@@ -55,6 +59,9 @@ class CompareConfig:
     random_seed: Seed = 100          # their draw's seed (not one of the search seeds)
     random_vital: int = 0           # drawn with the first seed's vital ops fixed
     supernet: bool = True           # score every network on each search's final supernet
+    # retrain the network of each of the first seed's other proposals as well (the m
+    # candidates stage 2's Π chose among): is the searched net the best of them?
+    proposals: bool = False
     output_dir: str = "runs/compare"
     # an earlier comparison's output folder: its searches and random draws are taken as they
     # are (nothing is searched or drawn here) and retrained with this config's recipe, e.g.
@@ -84,6 +91,7 @@ class Net:
     seed: int | None = None
     params: int | None = None
     flops: int | None = None
+    pi: float | None = None          # Π's final probability of its proposal (seed 0's nets)
     skips: int | None = None         # layers that are the identity (or FBNet's projecting skip)
     grouped: int | None = None       # layers with a grouped 1x1 (the g2 ops)
     top1: float | None = None
@@ -130,6 +138,7 @@ class Compare:
         missing += [f"search seed {s}" for s in cfg.seeds if not self.search_done(s)]
         missing += [g for g, k in (("random", cfg.random), ("random_vital", cfg.random_vital))
                     if k and not self.random_done(g)]
+        missing += ["proposals"] if cfg.proposals and not self.proposals_done() else []
         if missing:
             raise HourNASError(f"archs_from '{self.source}' lacks what this comparison "
                                f"retrains: {', '.join(missing)}; finish that comparison first "
@@ -176,6 +185,41 @@ class Compare:
     def random_done(self, group: str) -> bool:
         return os.path.isfile(self.archs_path(group, "random_archs.json"))
 
+    def proposals_done(self) -> bool:
+        return os.path.isfile(self.archs_path("proposals", PROPOSALS_FILE))
+
+    def proposal_records(self) -> list[dict]:
+        """proposals/proposals.json: one record per proposal of the first seed's search."""
+        with open(self.archs_path("proposals", PROPOSALS_FILE), encoding="utf-8") as f:
+            return json.load(f)["proposals"]
+
+    def write_proposals(self) -> None:
+        """With ``proposals``, once the first seed's search is done: each proposal's network
+        as proposals/proposal_J.yaml, and proposals.json (Π's probability of each, and which
+        network it is: the derived one, another proposal's, or its own)."""
+        from src.checkpoint import atomic_write_text
+        from src.space.space import arch_to_yaml
+        from src.search.supernet_eval import proposal_archs
+
+        seed = self.cfg.seeds[0]
+        if not self.cfg.proposals or self.proposals_done() or not self.search_done(seed):
+            return
+        recs, seen = [], {}
+        for r in proposal_archs(self.search_dir(seed)):
+            ops = tuple(op.name for op in r["arch"].ops)
+            same = f"searched_s{seed}" if r["derived"] else seen.get(ops)
+            name = f"proposal_{r['proposal']}"
+            seen.setdefault(ops, f"searched_s{seed}" if r["derived"] else name)
+            file = f"{name}.yaml"
+            atomic_write_text(self.path("proposals", file), f"# Proposal {r['proposal']} of "
+                              f"{self.search_dir(seed)}\n" + arch_to_yaml(r["arch"]))
+            recs.append({"proposal": r["proposal"], "pi": r["pi"], "file": file,
+                         "derivation": r["method"], "within": r["within"], "same_as": same})
+        atomic_write_text(self.path("proposals", PROPOSALS_FILE), json.dumps(
+            {"search": self.search_dir(seed), "proposals": recs}, indent=1) + "\n")
+        self.log(f"wrote the networks of seed {seed}'s {len(recs)} proposals in "
+                 f"{self.path('proposals')}")
+
     def drawn(self, group: str) -> list[dict]:
         """The random draw's records of ``group`` (its random_archs.json)."""
         with open(self.archs_path(group, "random_archs.json"), encoding="utf-8") as f:
@@ -191,6 +235,20 @@ class Compare:
             for k, rec in enumerate(self.drawn(group), 1):
                 out.append(Net(f"{prefix}_{k:02d}", group,
                                self.archs_path(group, rec["file"])))
+        if self.cfg.proposals and self.proposals_done():
+            # one network per distinct architecture; its π is Π's probability of drawing a
+            # proposal whose network it is (the sum over proposals that coincide)
+            recs, seed = self.proposal_records(), self.cfg.seeds[0]
+            pi: dict[str, float] = {}
+            for rec in recs:
+                name = rec["same_as"] or f"proposal_{rec['proposal']}"
+                pi[name] = pi.get(name, 0.0) + rec["pi"]
+            out += [Net(f"proposal_{rec['proposal']}", "proposals",
+                        self.archs_path("proposals", rec["file"]), seed=seed)
+                    for rec in recs if rec["same_as"] is None]
+            for n in out:
+                if n.name in pi:
+                    n.pi = pi[n.name]
         return out
 
 
@@ -245,10 +303,22 @@ def step_counts(cmp: Compare) -> dict[str, int]:
     exist yet (their search or draw is still to come)."""
     cfg = cmp.cfg
     groups = [g for g, k in (("random", cfg.random), ("random_vital", cfg.random_vital)) if k]
-    trained = sum(_train_state(cmp.path("train", n.name))[0] == "done" for n in cmp.nets())
+    nets = cmp.nets()
+    trained = sum(_train_state(cmp.path("train", n.name))[0] == "done" for n in nets)
+    proposals = 0
+    if cfg.proposals:  # before the search: its other proposals, m - 1 (fewer if some coincide)
+        proposals = sum(n.group == "proposals" for n in nets) if cmp.proposals_done() \
+            else _search_m(cfg.search) - 1
     return {"search": sum(not cmp.search_done(s) for s in cfg.seeds),
             "random": sum(not cmp.random_done(g) for g in groups),
-            "train": len(cfg.seeds) + cfg.random + cfg.random_vital - trained}
+            "train": len(cfg.seeds) + cfg.random + cfg.random_vital + proposals - trained}
+
+
+def _search_m(search_config: str) -> int:
+    """The number of proposals the comparison's search config asks for."""
+    from src.search.config import SearchConfig
+
+    return int(load_config(SearchConfig, _abs(search_config)).proposal.m)
 
 
 class Progress:
@@ -349,6 +419,8 @@ def run_chain(cmp: Compare, jobs: int = 1, dry_run: bool = False) -> None:
     try:
         while True:
             if failed is None and not runner.stopped:
+                if cmp.source == cmp.out:
+                    cmp.write_proposals()
                 for step in pending_steps(cmp):
                     if len(runner.running) >= jobs:
                         break
@@ -475,6 +547,28 @@ def rankings(cmp: Compare, nets: list[Net]) -> dict:
     return out
 
 
+def proposal_choice(cmp: Compare, nets: list[Net]) -> dict | None:
+    """With ``proposals``: where Π's choice (the first seed's searched net) ranks by retrained
+    top-1 among the networks of that search's proposals, the best of them, and Kendall's τ
+    between Π's probability of each network and its top-1 (from three networks)."""
+    from src.search.supernet_eval import kendall_tau
+
+    seed = cmp.cfg.seeds[0]
+    pool = [n for n in nets if n.pi is not None and n.top1 is not None]
+    chosen = next((n for n in pool if n.name == f"searched_s{seed}"), None)
+    if not cmp.cfg.proposals or chosen is None or len(pool) < 2:
+        return None
+    best = max(pool, key=lambda n: n.top1)
+    top1 = [n.top1 for n in pool]
+    out = {"seed": seed, "n": len(pool), "chosen": chosen.name, "chosen_pi": chosen.pi,
+           "chosen_top1": chosen.top1, "chosen_rank": 1 + sum(t > chosen.top1 for t in top1),
+           "best": best.name, "best_top1": best.top1, "mean": float(np.mean(top1)),
+           "std": float(np.std(top1, ddof=1)), "tau": None, "p": None}
+    if len(pool) >= 3:
+        out["tau"], out["p"] = kendall_tau([n.pi for n in pool], top1)
+    return out
+
+
 def verdict(stats: dict) -> dict | None:
     """The goal of the comparison: searched mean >= random mean + 2 std; beside it, how far
     the searched mean is from each random group's and whether that differs from chance
@@ -526,11 +620,12 @@ def write_results(cmp: Compare, nets: list[Net], stats: dict, ranks: dict) -> di
               "nets": [{**n.__dict__, "rank": getattr(n, "rank", None)} for n in nets],
               "groups": stats, "kendall_tau": {str(k): v for k, v in ranks.items()},
               "verdict": verdict(stats), "recipes": agree,
+              "proposals": proposal_choice(cmp, nets),
               "pending": step_counts(cmp)}
     atomic_write_text(cmp.path("compare.json"), json.dumps(result, indent=2) + "\n")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    cols = ("name", "group", "seed", "params", "flops", "skips", "grouped", "top1", "epochs",
+    cols = ("name", "group", "seed", "pi", "params", "flops", "skips", "grouped", "top1", "epochs",
             "rank") + (("source_top1",) if cmp.cfg.archs_from else ())
     w.writerow(cols + tuple(f"supernet_s{s}" for s in cmp.cfg.seeds))
     for n in nets:
@@ -538,23 +633,27 @@ def write_results(cmp: Compare, nets: list[Net], stats: dict, ranks: dict) -> di
                    + [n.supernet.get(s, "") for s in cmp.cfg.seeds])
     atomic_write_text(cmp.path("compare.csv"), buf.getvalue())
     atomic_write_text(cmp.path("compare.md"), markdown(cmp, nets, stats, ranks,
-                                                       result["pending"], agree))
+                                                       result["pending"], agree,
+                                                       result["proposals"]))
     if done:
         plot(cmp, nets, ranks)
     return result
 
 
 def markdown(cmp: Compare, nets: list[Net], stats: dict, ranks: dict,
-             pending: dict[str, int] | None = None, agree: dict | None = None) -> str:
-    """compare.md; ``agree`` is ``recipe_agreement``'s result (with ``archs_from``)."""
+             pending: dict[str, int] | None = None, agree: dict | None = None,
+             choice: dict | None = None) -> str:
+    """compare.md; ``agree`` is ``recipe_agreement``'s result (with ``archs_from``),
+    ``choice`` ``proposal_choice``'s (with ``proposals``)."""
     seeds = cmp.cfg.seeds
-    there = cmp.cfg.archs_from
+    there, with_pi = cmp.cfg.archs_from, cmp.cfg.proposals
     source = f"; networks of {there}" if there else ""
     lines = [f"# Searched against random ({cmp.cfg.search}{source}; retrained with "
-             f"{cmp.cfg.train})", "", "| network | group | params | FLOPs | skip / g2 layers | "
+             f"{cmp.cfg.train})", "", "| network | group | " + ("Π | " if with_pi else "")
+             + "params | FLOPs | skip / g2 layers | "
              "test top-1 (%) | rank | " + (f"top-1 in {there} (%) | " if there else "")
              + " | ".join(f"supernet s{s} (%)" for s in seeds) + " |",
-             "|" + "---|" * (7 + bool(there) + len(seeds))]
+             "|" + "---|" * (7 + bool(with_pi) + bool(there) + len(seeds))]
     def size(v):
         return "—" if v is None else format_size(v)
 
@@ -563,7 +662,8 @@ def markdown(cmp: Compare, nets: list[Net], stats: dict, ranks: dict,
         sup = [("—" if s not in n.supernet else f"{100 * n.supernet[s]:.2f}") for s in seeds]
         ops = "—" if n.skips is None else f"{n.skips} / {n.grouped}"
         old = ("—" if n.source_top1 is None else f"{n.source_top1:.2f}") + " | " if there else ""
-        lines.append(f"| {n.name} | {n.group} | {size(n.params)} | {size(n.flops)} | {ops}"
+        pi = ("—" if n.pi is None else f"{n.pi:.3f}") + " | " if with_pi else ""
+        lines.append(f"| {n.name} | {n.group} | {pi}{size(n.params)} | {size(n.flops)} | {ops}"
                      f" | {top1} | {getattr(n, 'rank', '—')} | {old}" + " | ".join(sup) + " |")
     lines += ["", "| group | n | test top-1 mean ± std (%) | min | max |", "|---|---|---|---|---|"]
     for g, s in stats.items():
@@ -586,6 +686,15 @@ def markdown(cmp: Compare, nets: list[Net], stats: dict, ranks: dict,
         lines += ["", f"This recipe against {there}'s, over the {agree['n']} networks retrained "
                       f"with both: Kendall's τ = {agree['tau']:.2f} (p = {agree['p']:.2f}) "
                       f"between their top-1s; group means there -> here: {means}."]
+    if choice:
+        tau = "" if choice["tau"] is None else (
+            f" Kendall's τ between Π's probability and retrained top-1: {choice['tau']:.2f} "
+            f"(p = {choice['p']:.2f}).")
+        lines += ["", f"Π's choice among the {choice['n']} networks of seed {choice['seed']}'s "
+                      f"proposals: {choice['chosen']} (Π {choice['chosen_pi']:.3f}) retrained to "
+                      f"{choice['chosen_top1']:.2f}%, rank {choice['chosen_rank']} of "
+                      f"{choice['n']}; the best, {choice['best']}, {choice['best_top1']:.2f}%; "
+                      f"all {choice['mean']:.2f} ± {choice['std']:.2f}%." + tau]
     for s, r in ranks.items():
         lines.append(f"\nSupernet of seed {s}: Kendall's τ = {r['tau']:.2f} (p = {r['p']:.2f}) "
                      f"between supernet accuracy and retrained top-1 over {r['n']} networks "
@@ -608,7 +717,7 @@ def plot(cmp: Compare, nets: list[Net], ranks: dict) -> str:
     ncols = 2 if ranks else 1
     fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.6), squeeze=False)
     style = {"searched": ("*", "#d62728", 180), "random": ("o", "#1f77b4", 50),
-             "random_vital": ("^", "#2ca02c", 60)}
+             "random_vital": ("^", "#2ca02c", 60), "proposals": ("s", "#ff7f0e", 50)}
     ax = axes[0][0]
     seed0 = cmp.cfg.seeds[0]
     for g in GROUPS:

@@ -116,6 +116,13 @@ def derive_from_distributions(pi: np.ndarray | None, probs: np.ndarray, table: R
     return d, j
 
 
+def derive_each_proposal(probs: np.ndarray, table: ResourceTable, targets: dict[str, float],
+                         tol: float, beam: int = 256) -> list[Derived]:
+    """Each proposal's own derivation (``derive`` on softmax(Θ_j)): the m networks stage 2
+    chose among with Π. Retrained, they tell whether Π picked the best of them."""
+    return [derive(np.log(p + 1e-12), table, targets, tol, beam) for p in probs]
+
+
 def ranked_choices(log_probs: np.ndarray, limit: int):
     """Choices in decreasing probability (best-first over a product of per-row orders)."""
     import heapq

@@ -30,15 +30,13 @@ from src.rundir import CONFIG_FILE, SEARCH_KIND, SEARCH_STATE_FILE
 EVAL_BATCH = 250
 
 
-def load_final_supernet(run_dir: str, data_path: str | None = None):
-    """(supernet with the run's final weights, space, config) of a finished search folder."""
-    import mindspore as ms
-
+def load_finished(run_dir: str, data_path: str | None = None):
+    """(space, config, final weights, checkpoint extra, fixed vital ops) of a finished search
+    folder; a clear error for a folder that is not one or has not finished."""
     from src.checkpoint import load_checkpoint
     from src.config import load_config
     from src.search.config import SearchConfig
     from src.search.engine import prepare_space
-    from src.supernet import Supernet
 
     cfg_path, state_path = (os.path.join(run_dir, n) for n in (CONFIG_FILE, SEARCH_STATE_FILE))
     for path in (cfg_path, state_path):
@@ -53,10 +51,63 @@ def load_final_supernet(run_dir: str, data_path: str | None = None):
         raise HourNASError(f"the search in '{run_dir}' has not finished (stage "
                            f"'{state.get('stage')}'); finish it first (search.py --resume)")
     fixed = {int(k): int(v) for k, v in (state.get("vital_choices") or {}).items()}
+    return space, cfg, params, extra, fixed
+
+
+def load_final_supernet(run_dir: str, data_path: str | None = None):
+    """(supernet with the run's final weights, space, config, fixed vital ops) of a finished
+    search folder."""
+    import mindspore as ms
+
+    from src.supernet import Supernet
+
+    space, cfg, params, extra, fixed = load_finished(run_dir, data_path)
     net = Supernet(space, list(extra["searched"]), fixed, list(extra["keep"]))
     for p in net.get_parameters():
         p.set_data(ms.Tensor(params[p.name].asnumpy()))
     return net, space, cfg, fixed
+
+
+def proposal_archs(run_dir: str) -> list[dict]:
+    """The network of each of stage 2's m proposals in a finished search folder: its own
+    most probable ops (``derive_each_proposal``: within the targets' tolerance where it can),
+    the vital ops stage 1 fixed, and Π's probability of it. One dict per proposal: proposal,
+    pi, arch (an Arch), method, within, derived (its ops are those of the folder's arch.yaml:
+    the network the search derived)."""
+    import json
+
+    from src.rundir import ARCH_PARAMS_FILE, SUMMARY_FILE
+    from src.sampler import stable_softmax
+    from src.search.derive import derive_each_proposal
+    from src.search.engine import objective_tables, search_targets
+    from src.resource import resource_table
+
+    space, cfg, _, _, fixed = load_finished(run_dir)
+    with np.load(os.path.join(run_dir, ARCH_PARAMS_FILE), allow_pickle=False) as data:
+        theta = np.asarray(data["theta"], np.float64)
+        pi = np.asarray(data["pi"], np.float64) if "pi" in data.files else None
+    if pi is None or theta.ndim != 3:
+        raise HourNASError(f"the search in '{run_dir}' has no proposals (m = 1, or stage 2 did "
+                           f"not run): there is no choice among proposals to compare")
+    with open(os.path.join(run_dir, SUMMARY_FILE), encoding="utf-8") as f:
+        derived_ops = json.load(f)["ops"]
+    targets = search_targets(cfg)
+    layers = space.nonvital_layers() if cfg.search.vital_priori else list(space.searchable)
+    table = resource_table(space, layers=layers, fixed=fixed, objectives=tuple(targets),
+                           extra_tables=objective_tables(cfg, space))
+    pis = stable_softmax(pi)
+    out = []
+    for j, d in enumerate(derive_each_proposal(stable_softmax(theta), table, targets,
+                                               cfg.search.tolerance, cfg.search.beam)):
+        choices = dict(fixed)
+        choices.update({i: d.choices[k] for k, i in enumerate(table.layers)})
+        arch = space.arch([choices[i] for i in space.searchable], name=f"proposal_{j}",
+                          meta={"proposal": j, "pi": round(float(pis[j]), 6),
+                                "derivation": d.method, "search": os.path.abspath(run_dir)})
+        out.append({"proposal": j, "pi": float(pis[j]), "arch": arch, "method": d.method,
+                    "within": bool(d.within),
+                    "derived": [op.name for op in arch.ops] == derived_ops})
+    return out
 
 
 def path_of(net, space, fixed: dict[int, int], arch) -> list[int] | None:

@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 
+import pytest
+
 from src.resource import count
 from src.space.space import load_arch
 from tests.e2e.helpers import last_json, run_cli
@@ -123,3 +125,45 @@ def test_archs_from_retrains_an_earlier_comparisons_networks_with_another_recipe
     assert f"error: archs_from '{first}' lacks what this comparison retrains: random_vital" \
         in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_networks_of_the_searchs_other_proposals_are_retrained_beside_it(
+        tiny_search_run, tmp_path):
+    """proposals: true: each of seed 0's m proposals gives its own arg-max network (one net per
+    distinct architecture; the derived one is the searched net), retrained alike, with Π's
+    probability in the table and Π's choice ranked among them."""
+    reference, summary, _ = tiny_search_run
+    out = tmp_path / "props"
+    shutil.copytree(reference, out / "search" / "seed0")
+    config = tmp_path / "props.yaml"
+    config.write_text(open(CONFIG, encoding="utf-8").read().replace("random: 2", "random: 0")
+                      .replace("random_vital: 2", "random_vital: 0") + "proposals: true\n")
+    proc = run_cli("analyze.py", "compare", "--config", str(config), "--output_dir", str(out),
+                   "--jobs", "2", "--json")
+    result = last_json(proc.stdout)
+    recs = json.loads((out / "proposals" / "proposals.json").read_text())["proposals"]
+    assert [r["proposal"] for r in recs] == [0, 1, 2, 3]  # the tiny search's m = 4
+    assert sum(r["pi"] for r in recs) == pytest.approx(1.0)
+    chosen = [r for r in recs if r["same_as"] == "searched_s0"]
+    assert summary["proposal"] in [r["proposal"] for r in chosen]  # Π's pick is the derived net
+    nets = {n["name"]: n for n in result["nets"]}
+    distinct = {f"proposal_{r['proposal']}" for r in recs if r["same_as"] is None}
+    assert set(nets) == {"searched_s0"} | distinct
+    ops = {}
+    for r in recs:   # each file is its proposal's arg-max on the stage-2 layers, vital ops fixed
+        arch = load_arch(str(out / "proposals" / r["file"]))
+        names = tuple(o.name for o in arch.ops)
+        assert (names == tuple(summary["ops"])) == (r["same_as"] == "searched_s0")
+        assert (r["same_as"] is not None) == (names in ops.values() or
+                                              names == tuple(summary["ops"]))
+        ops[r["proposal"]] = names
+    assert nets["searched_s0"]["pi"] == pytest.approx(sum(r["pi"] for r in chosen))
+    assert all(n["top1"] is not None and n["epochs"] == 1 for n in nets.values())
+    choice = result["proposals"]
+    assert choice["n"] == len(nets) and 1 <= choice["chosen_rank"] <= len(nets)
+    assert choice["best_top1"] == max(n["top1"] for n in nets.values())
+    assert "Π's choice among the" in (out / "compare.md").read_text(encoding="utf-8")
+    assert not any(result["pending"].values())
+    # seed 0's supernet can score every proposal's net (they keep its vital ops)
+    if len(nets) >= 3:
+        assert set(result["kendall_tau"]["0"]["nets"]) == set(nets)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from src.analysis.compare import (Compare, CompareConfig, Net, Progress, _train_state,
-                                  group_stats, markdown, mean_tests, rankings, recipe_agreement,
-                                  verdict)
+                                  group_stats, markdown, mean_tests, proposal_choice, rankings,
+                                  recipe_agreement, verdict)
 from src.config import load_config
 from src.errors import ConfigError, HourNASError
 
@@ -182,3 +182,32 @@ def test_archs_from_must_be_another_folder_with_the_same_draws(tmp_path):
     with pytest.raises(HourNASError, match="drew 3 'random' networks, this config asks for 2: "
                                            "set random: 3"):
         fewer.check_archs_from()
+
+
+def test_pis_choice_is_ranked_among_its_proposals_networks(tmp_path):
+    """Π chose the net that retrained third of four; π and top-1 disagree on 4 of 6 pairs."""
+    cfg = CompareConfig(search="config/search/default.yaml", train="config/train/digits.yaml",
+                        seeds=[0], random=2, proposals=True, output_dir=str(tmp_path))
+    cmp = Compare(cfg, None, None, log=lambda _: None)
+    nets = _nets([86.0], [85.0, 88.0])
+    nets[0].pi = 0.5
+    nets += [Net(f"proposal_{j}", "proposals", "a", seed=0, pi=pi, top1=t)
+             for j, pi, t in ((1, 0.2, 87.0), (2, 0.2, 85.5), (3, 0.1, 88.5))]
+    c = proposal_choice(cmp, nets)
+    assert (c["chosen"], c["chosen_rank"], c["n"]) == ("searched_s0", 3, 4)
+    assert (c["best"], c["best_top1"]) == ("proposal_3", 88.5)
+    assert c["mean"] == pytest.approx(np.mean([86.0, 87.0, 85.5, 88.5]))
+    from scipy.stats import kendalltau
+    assert c["tau"] == pytest.approx(kendalltau([0.5, 0.2, 0.2, 0.1], [86, 87, 85.5, 88.5])[0])
+    page = markdown(cmp, nets, group_stats(nets), {}, choice=c)
+    assert "| proposal_3 | proposals | 0.100 |" in page and "| random_01 | random | — |" in page
+    assert ("Π's choice among the 4 networks of seed 0's proposals: searched_s0 (Π 0.500) "
+            "retrained to 86.00%, rank 3 of 4; the best, proposal_3, 88.50%") in page
+    assert group_stats(nets)["proposals"]["n"] == 3
+    # without the option, or before the searched net is retrained, there is nothing to rank
+    nets[0].top1 = None
+    assert proposal_choice(cmp, nets) is None
+    cfg.proposals = False
+    nets[0].top1 = 86.0
+    assert proposal_choice(cmp, nets) is None
+    assert "Π |" not in markdown(cmp, nets, group_stats(nets), {})
