@@ -412,6 +412,8 @@ def run_chain(cmp: Compare, jobs: int = 1, dry_run: bool = False) -> None:
                 f"train.py --config {cmp.cfg.train})")
         return
     lock_output_dir(cmp.out, "comparison")  # makes the folder; one run at a time
+    if cmp.source == cmp.out:
+        cmp.write_proposals()  # (the search may be done already: count its nets now)
     remaining = step_counts(cmp)
     progress = Progress(cmp.path(PROGRESS_FILE), sum(remaining.values()), jobs, cmp.log)
     runner, failed = Runner(cmp, jobs), None

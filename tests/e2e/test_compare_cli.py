@@ -159,6 +159,7 @@ def test_the_networks_of_the_searchs_other_proposals_are_retrained_beside_it(
         ops[r["proposal"]] = names
     assert nets["searched_s0"]["pi"] == pytest.approx(sum(r["pi"] for r in chosen))
     assert all(n["top1"] is not None and n["epochs"] == 1 for n in nets.values())
+    assert f"[{len(nets)}/{len(nets)}] train" in proc.stderr  # counted once they were written
     choice = result["proposals"]
     assert choice["n"] == len(nets) and 1 <= choice["chosen_rank"] <= len(nets)
     assert choice["best_top1"] == max(n["top1"] for n in nets.values())
