@@ -24,6 +24,9 @@ def check_tau(key: str, value: float | None, low: float = TAU_LOW) -> None:
 # what search.executor may name (src.search.step.EXECUTORS maps the names to the classes;
 # allpath is chosen by search.sampler=gumbel_softmax, not by name)
 EXECUTOR_CHOICES = ("auto", "eager", "graph")
+# Line 23's choice of proposal: Π's most probable (the paper), or the proposal whose network
+# scores best on the final supernet over the architecture split (docs/results.md)
+DERIVE_CHOICES = ("pi", "supernet")
 ORTHOGONALITY = ("cosine", "paper")
 # hournas: Algorithm 1. random: the baseline, architectures drawn uniformly among those that
 # meet the same targets (src.search.random_baseline; no training)
@@ -110,6 +113,7 @@ class SearchParams:
     ckpt_every: int = 50
     beam: int = 256
     tolerance: float = 0.02
+    derive: str = "pi"                  # pi | supernet (DERIVE_CHOICES)
     strategy: str = "hournas"           # hournas | random (the baseline: no training)
     num_archs: int = 5                  # strategy random: how many architectures to draw
     random_fix_vital: str | None = None  # strategy random: an arch.yaml whose vital ops are kept
@@ -155,6 +159,9 @@ class SearchParams:
         if self.sampler not in SAMPLERS:
             raise HourNASError(f"unknown search.sampler '{self.sampler}'; valid: "
                                f"{', '.join(SAMPLERS)}")
+        if self.derive not in DERIVE_CHOICES:
+            raise HourNASError(f"unknown search.derive '{self.derive}'; valid: "
+                               f"{', '.join(DERIVE_CHOICES)}")
         if self.executor not in EXECUTOR_CHOICES:
             raise HourNASError(f"unknown search.executor '{self.executor}'; valid: "
                                f"{', '.join(EXECUTOR_CHOICES)}")

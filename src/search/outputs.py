@@ -30,20 +30,57 @@ class Derivation:
     choices: list[int]
     achieved: dict[str, float]
     relative_error: dict[str, float]
+    scores: list[dict] | None = None   # search.derive: supernet: each proposal's score
 
 
 def derive_architecture(run, stage, fixed: dict[int, int]) -> Derivation:
     """Line 23: from the final θ (Π, Θ) of ``stage`` to one architecture of the space."""
     pi, probs = stage.arch.probabilities()
-    d, j = derive_from_distributions(pi, probs, stage.table, run.targets, run.p.tolerance,
-                                     run.p.beam)
+    scores = None
+    if run.p.derive == "supernet" and pi is not None:
+        d, j, scores = derive_by_supernet(run, stage, fixed, pi, probs)
+    else:
+        d, j = derive_from_distributions(pi, probs, stage.table, run.targets, run.p.tolerance,
+                                         run.p.beam)
     choices = dict(fixed)
     for k, i in enumerate(stage.table.layers):
         choices[i] = d.choices[k]
     full = [choices[i] for i in run.space.searchable]
     counted = count(run.space.arch(full))
     achieved = {o: float(counted[o]) if o in counted else d.cost[o] for o in run.objectives}
-    return Derivation(d, j, full, achieved, relative_errors(achieved, run.targets))
+    return Derivation(d, j, full, achieved, relative_errors(achieved, run.targets), scores)
+
+
+def derive_by_supernet(run, stage, fixed: dict[int, int], pi: np.ndarray, probs: np.ndarray):
+    """``search.derive: supernet``: each proposal's own network (``derive_each_proposal``),
+    scored on the final supernet over the whole architecture split (its single path,
+    BatchNorm on each batch's statistics, as ``src.search.supernet_eval`` scores networks);
+    the best-scoring one that meets the targets is taken (ties: Π's order). Π's choice is
+    kept in the report beside it. Returns (Derived, proposal, one score record per proposal)."""
+    from src.search.derive import derive_each_proposal
+    from src.search.supernet_eval import path_accuracy, split_batches
+
+    each = derive_each_proposal(probs, stage.table, run.targets, run.p.tolerance, run.p.beam)
+    net, cache, records = stage.net, {}, []
+    net.set_train(True)
+    batches = split_batches(run.cfg.data, run.a_idx)
+    for j, d in enumerate(each):
+        path = dict(fixed)
+        path.update({i: d.choices[k] for k, i in enumerate(stage.table.layers)})
+        key = tuple(path[i] for i in net.searched)
+        if key not in cache:
+            cache[key] = path_accuracy(net, batches, list(key))
+        records.append({"proposal": j, "pi": float(pi[j]), "supernet": cache[key],
+                        "within": bool(d.within)})
+        log(f"derive by the supernet: proposal {j} (Π {pi[j]:.3f}) scores "
+            f"{100 * cache[key]:.2f}% on the architecture split ({len(run.a_idx)} images)"
+            + ("" if d.within else "; misses the targets"))
+    pool = [r for r in records if r["within"]] or records
+    best = max(pool, key=lambda r: (r["supernet"], r["pi"]))
+    j = best["proposal"]
+    d = each[j]
+    d.method += f" (proposal {j}: the supernet's best; Π's most probable: {int(np.argmax(pi))})"
+    return d, j, records
 
 
 def write_outputs(run, stage, result: Derivation) -> dict:
@@ -90,7 +127,8 @@ def _summary(run, result: Derivation, arch_rec) -> dict:
         "arch": run.path(ARCH_FILE), "space": run.space.name, "targets": run.targets,
         "achieved": result.achieved, "relative_error": result.relative_error,
         "within_tolerance": d.within, "tolerance": run.p.tolerance, "derivation": d.method,
-        "proposal": result.proposal, "stage_seconds": state.stage_seconds,
+        "proposal": result.proposal, "derive": run.p.derive, "proposal_scores": result.scores,
+        "stage_seconds": state.stage_seconds,
         "stage_accuracy": state.stage_accuracy, "vital": state.vital_report,
         "proposals": state.proposals_report, "executor": run.executor_name,
         "ops": [op.name for op in arch_rec.ops], "blocks": arch_rec.block_strings(),

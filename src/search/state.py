@@ -28,11 +28,13 @@ from src.search.config import RESUME_LR_KEYS, lower_lr_command
 
 # Config keys a resumed search may change: they do not change what it computes.
 # The learning rates may change too (the log says so): a diverged run continues with lower ones.
-# The random baseline's keys never apply to a search (and checkpoints older than them lack them).
+# The random baseline's keys never apply to a search (and checkpoints older than them lack them);
+# search.derive changes only the derivation from the final state (a finished search resumed
+# with another one derives again).
 RESUME_MAY_CHANGE = ("output_dir", "device_target", "data.path", "data.num_workers",
                      "search.log_every", "search.ckpt_every", "search.w_lr", "search.arch_lr",
                      "search.arch_lr_nvital", "search.strategy", "search.num_archs",
-                     "search.random_fix_vital")
+                     "search.random_fix_vital", "search.derive")
 _HINT = ("; the space or the config changed since it was written: resume with the same ones, "
          "or start a new search in another --output_dir")
 

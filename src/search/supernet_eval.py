@@ -119,30 +119,45 @@ def path_of(net, space, fixed: dict[int, int], arch) -> list[int] | None:
     return [choices[i] for i in net.searched]
 
 
+def split_batches(data_cfg, indices, batch_size: int = EVAL_BATCH) -> list:
+    """The images of ``indices`` of the train split, in order, as (Tensor, labels) batches."""
+    import mindspore as ms
+
+    from src.data import make_dataset
+
+    data = make_dataset(data_cfg, "train", batch_size, indices=indices)
+    return [(ms.Tensor(x), y) for x, y in data.create_tuple_iterator(output_numpy=True,
+                                                                      num_epochs=1)]
+
+
+def path_accuracy(net, batches: list, indices: list[int]) -> float:
+    """Top-1 (0..1) of one single path of ``net`` over ``batches``, BatchNorm on each batch's
+    statistics (``net`` in training mode)."""
+    correct = total = 0
+    for x, y in batches:
+        correct += int((net.forward_path(x, None, indices).asnumpy().argmax(1) == y).sum())
+        total += len(y)
+    return correct / max(total, 1)
+
+
 def supernet_accuracy(run_dir: str, archs: list, data_path: str | None = None,
                       batch_size: int = EVAL_BATCH, log=None) -> list[float | None]:
     """Top-1 (0..1) of each architecture on the final supernet of the search in ``run_dir``,
     over its whole architecture split; None for an architecture it cannot run. The caller
     has set up the context in PyNative mode (the path is chosen on the host)."""
-    import mindspore as ms
-
-    from src.data import make_dataset, search_split
+    from src.data import search_split
 
     net, space, cfg, fixed = load_final_supernet(run_dir, data_path)
     net.set_train(True)
     _, a_idx = search_split(cfg.data, cfg.search.val_fraction, cfg.search.seed)
-    data = make_dataset(cfg.data, "train", batch_size, indices=a_idx)
-    batches = [(ms.Tensor(x), y) for x, y in data.create_tuple_iterator(output_numpy=True,
-                                                                         num_epochs=1)]
+    batches = split_batches(cfg.data, a_idx, batch_size)
     out: list[float | None] = []
     for k, arch in enumerate(archs):
         indices = path_of(net, space, fixed, arch)
         if indices is None:
             out.append(None)
             continue
-        correct = sum(int((net.forward_path(x, None, indices).asnumpy().argmax(1) == y).sum())
-                      for x, y in batches)
-        out.append(correct / len(a_idx))
+        out.append(path_accuracy(net, batches, indices))
         if log:
             log(f"supernet of {run_dir}: {arch.name} {100 * out[-1]:.2f}% on the architecture "
                 f"split ({len(a_idx)} images) [{k + 1}/{len(archs)}]")

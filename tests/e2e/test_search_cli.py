@@ -177,3 +177,41 @@ def test_supernet_scores_the_architectures_it_holds(tiny_search_run):
         set_mode("graph")
     assert first[1] is None
     assert 0.0 <= first[0] <= 1.0 and 0.0 <= first[2] <= 1.0 and again[0] == first[0]
+
+
+def test_derive_by_the_supernet_rederives_a_finished_search(tiny_search_run, tmp_path):
+    """search.derive=supernet on a finished search (--resume): each proposal's network is
+    scored on the final supernet (as supernet_eval scores it) and the best one within the
+    targets is taken; θ, Π and the weights are the run's own."""
+    import shutil
+
+    from src.context import set_mode
+    from src.search.supernet_eval import proposal_archs, supernet_accuracy
+
+    ref, ref_summary, _ = tiny_search_run
+    assert ref_summary["derive"] == "pi" and ref_summary["proposal_scores"] is None
+    out = tmp_path / "rederived"
+    shutil.copytree(ref, out)
+    summary = last_json(run_cli("search.py", "--config", str(out / "config.yaml"), "--output_dir",
+                                str(out), "--resume", "--set", "search.derive=supernet",
+                                "--json").stdout)
+    scores = summary["proposal_scores"]
+    assert summary["derive"] == "supernet" and [r["proposal"] for r in scores] == [0, 1, 2, 3]
+    pool = [r for r in scores if r["within"]] or scores
+    best = max(pool, key=lambda r: (r["supernet"], r["pi"]))
+    assert summary["proposal"] == best["proposal"]
+    assert "the supernet's best" in summary["derivation"]
+    recs = proposal_archs(str(out))
+    assert recs[best["proposal"]]["derived"]  # arch.yaml is that proposal's network
+    assert [r["pi"] for r in recs] == pytest.approx([r["pi"] for r in scores])
+    set_mode("pynative")
+    try:
+        again = supernet_accuracy(str(out), [r["arch"] for r in recs])
+    finally:
+        set_mode("graph")
+    assert again == [r["supernet"] for r in scores]
+    a, b = np.load(ref / "arch_params.npz"), np.load(out / "arch_params.npz")
+    assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    bad = run_cli("search.py", "--config", CONFIG, "--output_dir", str(tmp_path / "x"), "--set",
+                  "search.derive=best", check=False)
+    assert bad.returncode == 2 and "unknown search.derive 'best'; valid: pi, supernet" in bad.stderr
