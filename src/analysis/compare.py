@@ -562,7 +562,13 @@ def proposal_choice(cmp: Compare, nets: list[Net]) -> dict | None:
         return None
     best = max(pool, key=lambda n: n.top1)
     top1 = [n.top1 for n in pool]
-    out = {"seed": seed, "n": len(pool), "chosen": chosen.name, "chosen_pi": chosen.pi,
+    summary = os.path.join(cmp.search_dir(seed), SUMMARY_FILE)
+    derive = "pi"   # how the search chose among its proposals (search.derive)
+    if os.path.isfile(summary):
+        with open(summary, encoding="utf-8") as f:
+            derive = json.load(f).get("derive") or "pi"
+    out = {"seed": seed, "n": len(pool), "derive": derive, "chosen": chosen.name,
+           "chosen_pi": chosen.pi,
            "chosen_top1": chosen.top1, "chosen_rank": 1 + sum(t > chosen.top1 for t in top1),
            "best": best.name, "best_top1": best.top1, "mean": float(np.mean(top1)),
            "std": float(np.std(top1, ddof=1)), "tau": None, "p": None}
@@ -692,7 +698,8 @@ def markdown(cmp: Compare, nets: list[Net], stats: dict, ranks: dict,
         tau = "" if choice["tau"] is None else (
             f" Kendall's τ between Π's probability and retrained top-1: {choice['tau']:.2f} "
             f"(p = {choice['p']:.2f}).")
-        lines += ["", f"Π's choice among the {choice['n']} networks of seed {choice['seed']}'s "
+        how = "The supernet's choice" if choice.get("derive") == "supernet" else "Π's choice"
+        lines += ["", f"{how} among the {choice['n']} networks of seed {choice['seed']}'s "
                       f"proposals: {choice['chosen']} (Π {choice['chosen_pi']:.3f}) retrained to "
                       f"{choice['chosen_top1']:.2f}%, rank {choice['chosen_rank']} of "
                       f"{choice['n']}; the best, {choice['best']}, {choice['best_top1']:.2f}%; "

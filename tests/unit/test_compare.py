@@ -204,6 +204,13 @@ def test_pis_choice_is_ranked_among_its_proposals_networks(tmp_path):
     assert ("Π's choice among the 4 networks of seed 0's proposals: searched_s0 (Π 0.500) "
             "retrained to 86.00%, rank 3 of 4; the best, proposal_3, 88.50%") in page
     assert group_stats(nets)["proposals"]["n"] == 3
+    seed0 = tmp_path / "search" / "seed0"   # a search that derived by the supernet says so
+    seed0.mkdir(parents=True)
+    (seed0 / "summary.json").write_text(json.dumps({"derive": "supernet"}), encoding="utf-8")
+    c = proposal_choice(cmp, nets)
+    assert c["derive"] == "supernet"
+    assert "The supernet's choice among the 4 networks" in markdown(
+        cmp, nets, group_stats(nets), {}, choice=c)
     # without the option, or before the searched net is retrained, there is nothing to rank
     nets[0].top1 = None
     assert proposal_choice(cmp, nets) is None
